@@ -1,0 +1,139 @@
+"""The step contract: check what would change, apply it idempotently, roll back exactly that.
+
+A step reads the world in `check` (pure), changes it in `apply` and returns an undo record,
+and undoes this run's change in `rollback`. Everything a step returns must be JSON-able,
+because the runner writes it to the journal before moving on, so that a run killed at any
+point can be resumed or undone by another process.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from provisioner.config import Settings
+
+Undo = dict[str, Any]
+
+
+class Scope(StrEnum):
+    """Where a step acts: once per target (`global`) or on every web host (`host`)."""
+
+    GLOBAL = "global"
+    HOST = "host"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What `apply` would do: a human summary, and the state found and intended.
+
+    `before` is what rollback restores when a process died inside `apply`, so it must say
+    enough to put the world back (a file's previous content, a row's previous values).
+    """
+
+    summary: str
+    before: Any = None
+    after: Any = None
+    diff: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "before": self.before,
+            "after": self.after,
+            "diff": self.diff,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Change:
+        return cls(data["summary"], data.get("before"), data.get("after"), data.get("diff"))
+
+
+def unified_diff(before: str | None, after: str | None, name: str) -> str:
+    """A unified diff between two texts (None meaning absent), for plans and --json output."""
+    old = [] if before is None else before.splitlines(keepends=True)
+    new = [] if after is None else after.splitlines(keepends=True)
+    from_name = "/dev/null" if before is None else f"a/{name}"
+    to_name = "/dev/null" if after is None else f"b/{name}"
+    return "".join(difflib.unified_diff(old, new, from_name, to_name))
+
+
+class Progress:
+    """A step's window on the output: short notes and progress for long operations."""
+
+    def note(self, message: str) -> None:  # pragma: no cover - trivial default
+        """Say what the step is doing now (shown beside the spinner, never journaled)."""
+
+    def track(
+        self, description: str, total: int | None
+    ) -> AbstractContextManager[Callable[[int], None]]:
+        """A context giving an `advance(n)` callable for a long operation of `total` units."""
+        return nullcontext(lambda n: None)
+
+
+@dataclass
+class RunContext:
+    """What a step may know about the run it is part of."""
+
+    run_id: str
+    target: str
+    params: dict[str, Any]
+    settings: Settings
+    progress: Progress = field(default_factory=Progress)
+    # Shared, per-process resources steps may open lazily (connections, clients); closed at
+    # the end of the run by the runner.
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def close_resources(self) -> None:
+        for resource in self.resources.values():
+            close = getattr(resource, "close", None)
+            if callable(close):
+                close()
+        self.resources.clear()
+
+
+class Step(ABC):
+    """One idempotent, reversible change. Subclasses set `name` and `scope`."""
+
+    name: str = "step"
+    scope: Scope = Scope.HOST
+
+    def preflight(self, ctx: RunContext) -> list[str]:
+        """Problems that must stop the run before its first step (missing setting, service down).
+
+        Each problem names what is wrong and how to fix it. Reads only.
+        """
+        return []
+
+    @abstractmethod
+    def check(self, ctx: RunContext) -> Change | None:
+        """What `apply` would change, or None when the world already matches. Changes nothing."""
+
+    @abstractmethod
+    def apply(self, ctx: RunContext) -> Undo:
+        """Make it so; return what `rollback` needs. Running it again changes nothing."""
+
+    @abstractmethod
+    def rollback(self, ctx: RunContext, undo: Undo) -> None:
+        """Undo exactly what this run's `apply` did; restore, never delete, what existed before."""
+
+    def undo_from_change(self, change: Change) -> Undo:
+        """The undo record for a step whose `apply` may have run only in part.
+
+        The runner journals the Change before calling `apply`; when a process dies inside it,
+        rolling back starts from the state found then. Steps whose undo is their before-state
+        need not override this.
+        """
+        return {"before": change.before}
+
+
+def iter_reversed_indexed(items: list[Any]) -> Iterator[tuple[int, Any]]:
+    """(index, item) pairs from the last to the first: the order of a rollback."""
+    for index in range(len(items) - 1, -1, -1):
+        yield index, items[index]
