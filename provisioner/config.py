@@ -134,7 +134,9 @@ def _coerce(values: dict[str, Any]) -> Settings:
     known = {f.name for f in fields(Settings)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     settings = Settings()
     kwargs: dict[str, Any] = {}
     for name, raw in values.items():

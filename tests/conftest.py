@@ -25,9 +25,10 @@ def stack_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def pg_dsn(request: pytest.FixtureRequest) -> str:
     """DSN of the stack's `provision` database (or of PROVISION_TEST_PG_DSN's server)."""
-    return os.environ.get("PROVISION_TEST_PG_DSN") or request.getfixturevalue("stack_env")[
-        "PROVISION_PG_DSN"
-    ]
+    return (
+        os.environ.get("PROVISION_TEST_PG_DSN")
+        or request.getfixturevalue("stack_env")["PROVISION_PG_DSN"]
+    )
 
 
 @pytest.fixture

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from provisioner.engine.step import Change, RunContext, Scope, Step, Undo, unified_diff
+from provisioner.fsutil import write_atomically
 
 _TEMPLATES = Environment(
     loader=PackageLoader("provisioner", "templates"),
@@ -17,21 +16,6 @@ _TEMPLATES = Environment(
     autoescape=select_autoescape(["html", "html.j2"]),
     keep_trailing_newline=True,
 )
-
-
-def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RenderedFileStep(Step):

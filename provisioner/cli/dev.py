@@ -1,0 +1,100 @@
+"""`provision dev up|down|status|env`: the real local stack for the demo and the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from provisioner.devstack.errors import DevStackError
+from provisioner.devstack.stack import DevStack, render_exports
+
+EXIT_NOT_RUNNING = 1
+EXIT_ERROR = 2
+
+
+def _fail(exc: DevStackError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    raise SystemExit(EXIT_ERROR)
+
+
+def _stack(ctx: click.Context) -> DevStack:
+    return ctx.find_object(DevStack) or DevStack.default()
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Run a stack operation, turning a DevStackError into its message and exit status 2."""
+    try:
+        return action()
+    except DevStackError as exc:
+        _fail(exc)
+
+
+def _print_table(stack: DevStack) -> bool:
+    """One line per component; True when all of them run."""
+    rows = stack.status()
+    width = max(len(row.name) for row in rows)
+    for row in rows:
+        mark = "up  " if row.running else "DOWN"
+        pid = str(row.pid) if row.pid else "-"
+        click.echo(f"{row.name:<{width}}  {mark}  pid {pid:<7}  {row.endpoint}")
+        if not row.running:
+            click.echo(f"{'':<{width}}        {row.detail}")
+    return all(row.running for row in rows)
+
+
+@click.group(name="dev")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the stack's state (default: <state_dir>/stack, var/stack in a checkout).",
+)
+@click.pass_context
+def dev(ctx: click.Context, state_dir: Path | None) -> None:
+    """Start, stop and inspect the local stack (PostgreSQL, nginx, pebble, moto) on loopback."""
+    if state_dir is not None:
+        ctx.obj = DevStack(state_dir)
+
+
+@dev.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Start what is not running (idempotent) and print the endpoints."""
+    stack = _stack(ctx)
+    _guarded(stack.up)
+    _print_table(stack)
+    click.echo(f'env file: {stack.env_file}  (source it, or: eval "$(provision dev env)")')
+
+
+@dev.command()
+@click.option("--purge", is_flag=True, help="Also delete the stack's state and database files.")
+@click.pass_context
+def down(ctx: click.Context, purge: bool) -> None:
+    """Stop what `up` started, by its PID files."""
+    stack = _stack(ctx)
+    stopped = _guarded(stack.purge if purge else stack.down)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    if purge:
+        click.echo(f"deleted {stack.state_dir}")
+
+
+@dev.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Show each component; exit 1 when any is not running."""
+    if not _guarded(lambda: _print_table(_stack(ctx))):
+        raise SystemExit(EXIT_NOT_RUNNING)
+
+
+@dev.command()
+@click.pass_context
+def env(ctx: click.Context) -> None:
+    """Print `export` lines for the stack: eval "$(provision dev env)"."""
+    click.echo(render_exports(_guarded(_stack(ctx).env)), nl=False)
+
+
+if __name__ == "__main__":
+    dev()
