@@ -43,21 +43,23 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     return p50, p99
 
 
-def timed(calls: int, fn: Callable[[int], object]) -> list[int]:
-    for i in range(min(200, calls)):  # warm caches, prepared statements, the pool
-        fn(i)
-    out = []
+def paired(
+    calls: int, baseline: Callable[[int], object], subject: Callable[[int], object]
+) -> tuple[list[int], list[int]]:
+    """Time the baseline and the subject call by call, alternating, so that whatever else the
+    machine does weighs on both alike."""
+    for i in range(min(200, calls)):
+        baseline(i)
+        subject(i)
+    base, subj = [], []
     for i in range(calls):
         start = time.perf_counter_ns()
-        fn(i)
-        out.append(time.perf_counter_ns() - start)
-    return out
-
-
-def raw_pk_select(dsn: str, keys: list[str], calls: int) -> list[int]:
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
-        query = "SELECT * FROM customers WHERE customer_id = %s"
-        return timed(calls, lambda i: conn.execute(query, (keys[i % len(keys)],)).fetchone())
+        baseline(i)
+        mid = time.perf_counter_ns()
+        subject(i)
+        subj.append(time.perf_counter_ns() - mid)
+        base.append(mid - start)
+    return base, subj
 
 
 def backfill(layer: DataLayer, dsn: str) -> None:
@@ -158,20 +160,28 @@ def run(root: Path, dsn: str, args: argparse.Namespace) -> list[str]:
     layer = DataLayer(root, dsn, retry_seconds=5.0)
     backfill(layer, dsn)
 
-    base = raw_pk_select(dsn, ids, args.calls)
-    b50, b99 = percentiles(base)
-    print(f"customers: {args.customers}; {args.calls} calls per figure; latencies in ms\n")
-    print(f"{'read':<44}{'p50':>8}{'p99':>8}{'p50 / raw':>11}")
-    print(f"{'baseline: raw psycopg primary-key SELECT':<44}{b50:8.3f}{b99:8.3f}{1.0:11.2f}")
+    raw = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)
+    query = "SELECT * FROM customers WHERE customer_id = %s"
+
+    def raw_select(i: int) -> object:
+        return raw.execute(query, (ids[i % len(ids)],)).fetchone()
+
+    print(f"customers: {args.customers}; {args.calls} calls per figure; latencies in ms")
+    print("baseline: a raw psycopg primary-key SELECT of a customer, timed alternately with each\n")
+    print(f"{'read':<46}{'p50':>8}{'p99':>8}{'base p50':>10}{'ratio':>7}")
     for phase in PHASES:
         layer.set_phase(phase, "bench")
         for label, fn in (
             ("get_customer", lambda i: layer.get_customer(logins[i % len(logins)])),
             ("authenticate lookup (no hash)", lambda i: layer.find_login(logins[i % len(logins)])),
         ):
-            p50, p99 = percentiles(timed(args.calls, fn))
+            base, subject = paired(args.calls, raw_select, fn)
+            b50, _ = percentiles(base)
+            p50, p99 = percentiles(subject)
             ratio = p50 / b50
-            print(f"{label + ' [' + phase.value + ']':<44}{p50:8.3f}{p99:8.3f}{ratio:11.2f}")
+            print(
+                f"{label + ' [' + phase.value + ']':<46}{p50:8.3f}{p99:8.3f}{b50:10.3f}{ratio:7.2f}"
+            )
             if phase.reads_pg and ratio > 1.5:
                 failures.append(
                     f"{label} in {phase.value}: {ratio:.2f}x the raw query (target 1.5x)"
@@ -186,13 +196,17 @@ def run(root: Path, dsn: str, args: argparse.Namespace) -> list[str]:
     outage.get_customer(logins[0])
     proxy.cut()
     outage.get_customer(logins[0])  # this one meets the outage and opens the breaker
-    p50, p99 = percentiles(
-        timed(args.calls, lambda i: outage.get_customer(logins[i % len(logins)]))
+    base, subject = paired(
+        args.calls, raw_select, lambda i: outage.get_customer(logins[i % len(logins)])
     )
-    print(f"{'get_customer [outage, breaker open]':<44}{p50:8.3f}{p99:8.3f}{p50 / b50:11.2f}")
+    b50, _ = percentiles(base)
+    p50, p99 = percentiles(subject)
+    label = "get_customer [outage, breaker open]"
+    print(f"{label:<46}{p50:8.3f}{p99:8.3f}{b50:10.3f}{p50 / b50:7.2f}")
     if p99 >= 5.0:
         failures.append(f"outage p99 {p99:.2f} ms (target under 5 ms)")
     outage.close()
+    raw.close()
 
     writers, per = args.writers, args.messages_per_writer
     raw_rate = raw_message_inserts(dsn, writers, per)

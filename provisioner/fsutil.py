@@ -26,3 +26,13 @@ def write_atomically(path: Path, content: str, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def private_dir(path: Path) -> Path:
+    """A folder only its owner can enter (0700), made with its parents if missing.
+
+    The data layer's own files (outbox, phase, locks) name logins and customer ids.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode is filtered by the umask, and the folder may predate us
+    return path

@@ -411,3 +411,19 @@ def test_health_reports_phase_database_breaker_and_outbox(root: Path, dsn: str) 
     assert report["degraded"] is False
     down = DataLayer(root, closed_port_dsn()).health()
     assert down["database"]["reachable"] is False and down["degraded"] is True
+
+
+def test_pg_only_writes_keep_where_json_had_the_record(root: Path, dsn: str) -> None:
+    layer = layer_in(root, dsn, Phase.PG_ONLY)
+    with psycopg.connect(dsn) as conn:
+        before = conn.execute(
+            "SELECT placement FROM operators WHERE operator_id = 'op_jade_001'"
+        ).fetchone()[0]
+
+    layer.save_operator({**layer.get_operator("jade"), "status": "away"})
+
+    with psycopg.connect(dsn) as conn:
+        after = conn.execute(
+            "SELECT placement FROM operators WHERE operator_id = 'op_jade_001'"
+        ).fetchone()[0]
+    assert before and after == before

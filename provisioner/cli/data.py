@@ -64,6 +64,8 @@ def health(as_json: bool) -> None:
         click.echo(f"database:     {reach}")
         click.echo(f"breaker:      {report['breaker']}")
         click.echo(f"outbox depth: {report['outbox_depth']}")
+        for error in report["json_file_errors"]:
+            click.echo(f"json file:    {error}")
         click.echo("status:       " + ("DEGRADED" if report["degraded"] else "ok"))
     sys.exit(EXIT_DEGRADED if report["degraded"] else 0)
 

@@ -13,10 +13,14 @@ What it promises, whatever the phase:
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import logging
+import os
+import secrets
+import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,12 +32,14 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from provisioner.config import Settings, redact_dsn
+from provisioner.fsutil import private_dir
 from provisioner.storage import pg_queries
 from provisioner.storage import pg_records as pg
 from provisioner.storage.aeims_json import AeimsJsonStore, normalize_login
 from provisioner.storage.breaker import BreakerState, CircuitBreaker
 from provisioner.storage.events import emit
-from provisioner.storage.model import StoredRecord
+from provisioner.storage.jsonfile import JsonFileError
+from provisioner.storage.model import ENTITIES, StoredRecord
 from provisioner.storage.outbox import Outbox, OutboxEntry
 from provisioner.storage.passwords import verify_password
 from provisioner.storage.phase import (
@@ -67,6 +73,17 @@ class _PgDown(Exception):
         self.attempted = attempted
 
 
+class _Ticket:
+    """One caller's record waiting in a group commit."""
+
+    __slots__ = ("done", "error", "record")
+
+    def __init__(self, record: StoredRecord) -> None:
+        self.record = record
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 @dataclass(frozen=True)
 class AuthResult:
     """The outcome of a login: who it is, or why not. Never carries a password or hash."""
@@ -89,9 +106,14 @@ def _now_php() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+_PROCESS_TOKEN = secrets.token_hex(4)
+_ID_COUNTER = itertools.count()
+
+
 def new_id(prefix: str) -> str:
-    """An AEIMS-style string id (`msg_…`), unique without coordination."""
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+    """An AEIMS-style string id (`msg_…`), unique without coordination: the time, a random
+    token drawn once per process, and a counter (cheap on the write hot path)."""
+    return f"{prefix}_{time.time_ns() // 1_000_000:x}{_PROCESS_TOKEN}{next(_ID_COUNTER):x}"
 
 
 # The field that holds each entity's id inside a record, for records saved without a key.
@@ -137,10 +159,15 @@ class DataLayer:
         self.pool_size = pool_size
         self.json = AeimsJsonStore(self.data_dir)
         self.outbox = Outbox(self.data_dir / ".provision")
+        self._locks_dir = self.data_dir / ".provision" / "locks"
         self.breaker = CircuitBreaker(retry_seconds)
         self._pool: ConnectionPool | None = None
         self._pool_lock = threading.Lock()
-        self._phase_cache: tuple[tuple[int, int] | None, Phase] | None = None
+        self._phase_path = str(phase_file(self.data_dir))
+        self._phase_cache: tuple[tuple[int, int] | None, EffectivePhase] | None = None
+        self._batches: dict[str, list[_Ticket]] = {}
+        self._batch_leaders: set[str] = set()
+        self._batch_lock = threading.Lock()
         self._last_drain_try = 0.0
         self._local = threading.local()
 
@@ -174,20 +201,26 @@ class DataLayer:
 
     # ------------------------------------------------------------------------ phase
     def phase(self) -> EffectivePhase:
-        """The phase in force: persisted, then the emergency flags; JSON only without a DSN."""
-        path = phase_file(self.data_dir)
+        """The phase in force: persisted, then the emergency flags; JSON only without a DSN.
+
+        The phase file is re-read whenever it changed (one stat per call), so a phase switch
+        reaches every process at its next request.
+        """
         try:
-            st = path.stat()
+            st = os.stat(self._phase_path)
             stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
             stamp = None
         cached = self._phase_cache
         if cached is None or cached[0] != stamp:
-            cached = (stamp, read_phase(self.data_dir))
+            persisted = read_phase(self.data_dir)
+            if not self.pg_dsn:
+                effective = EffectivePhase(Phase.JSON_ONLY, persisted, "no PROVISION_PG_DSN")
+            else:
+                effective = effective_phase(persisted, self.use_database, self.use_json)
+            cached = (stamp, effective)
             self._phase_cache = cached
-        if not self.pg_dsn:
-            return EffectivePhase(Phase.JSON_ONLY, cached[1], "no PROVISION_PG_DSN")
-        return effective_phase(cached[1], self.use_database, self.use_json)
+        return cached[1]
 
     def set_phase(self, phase: Phase, changed_by: str = "") -> None:
         """Persist the phase locally, and in PostgreSQL's phase_state when reachable."""
@@ -296,29 +329,60 @@ class DataLayer:
         """Write records (and deletions) to the stores the phase names; see the module doc."""
         phase = self.phase().phase
         deleted = deleted or []
+        if phase == Phase.JSON_ONLY:
+            self._write_json(entity, records, deleted)
+            return
         if phase.writes_json:
-            if records:
-                self.json.upsert(entity, records)
-            for key in deleted:
-                self.json.delete(entity, key)
-        if not phase.writes_pg:
+            with self._ordered(entity):
+                self._write_json(entity, records, deleted)
+                self._write_pg_after_json(entity, records, deleted)
+            self._after_outbox_add()
             return
-        if phase == Phase.PG_ONLY:
-            try:
-                with self._pg() as conn:
-                    self._pg_apply(conn, records, entity, deleted)
-            except _PgDown as exc:
-                raise DataUnavailable(
-                    "PostgreSQL is unavailable and the phase is pg_only: nothing was written "
-                    f"({exc})"
-                ) from None
-            return
+        self._write_pg_only(entity, records, deleted)
+
+    def _write_json(self, entity: str, records: list[StoredRecord], deleted: list[str]) -> None:
+        if records:
+            self.json.upsert(entity, records)
+        for key in deleted:
+            self.json.delete(entity, key)
+
+    @contextmanager
+    def _ordered(self, entity: str) -> Iterator[None]:
+        """Writers of one entity, in every process, take turns for the JSON write and the
+        PostgreSQL write together, so PostgreSQL receives writes in JSON's order (a slow
+        writer can never put an older state over a newer one)."""
+        path = self._locks_dir / f"{entity}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            private_dir(self._locks_dir)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _write_pg_only(self, entity: str, records: list[StoredRecord], deleted: list[str]) -> None:
+        try:
+            with self._pg() as conn:
+                self._pg_apply(conn, records, entity, deleted)
+        except _PgDown as exc:
+            raise DataUnavailable(
+                f"PostgreSQL is unavailable and the phase is pg_only: nothing was written ({exc})"
+            ) from None
+
+    def _write_pg_after_json(
+        self, entity: str, records: list[StoredRecord], deleted: list[str]
+    ) -> None:
+        """The PostgreSQL half of a dual write: direct, or into the outbox when that fails or
+        when earlier writes are still waiting there."""
         if self.outbox.is_empty():
             try:
                 with self._pg() as conn:
-                    self._pg_apply(
-                        conn, self._with_json_placement(entity, records), entity, deleted
-                    )
+                    # JSON's upsert set each record's placement: PostgreSQL keeps it too.
+                    self._pg_apply(conn, records, entity, deleted)
                 return
             except _PgDown:
                 pass
@@ -327,22 +391,65 @@ class DataLayer:
         ]
         self.outbox.add(items)
         emit("outbox_added", logging.WARNING, entity=entity, count=len(items))
-        self._maybe_drain()
+        self._local.added = True
 
-    def _with_json_placement(self, entity: str, records: list[StoredRecord]) -> list[StoredRecord]:
-        """The records as JSON now holds them, placement included, for PostgreSQL."""
-        out = []
-        for record in records:
-            stored = self.json.get(entity, record.key)
-            out.append(stored if stored is not None else record)
-        return out
+    def _after_outbox_add(self) -> None:
+        """Outside the entity lock (a drain takes the outbox lock first), try to drain."""
+        if getattr(self._local, "added", False):
+            self._local.added = False
+            self._maybe_drain()
+
+    def _write_grouped(self, record: StoredRecord) -> None:
+        """Write one record, sharing the file rewrite and the round trip with concurrent writers.
+
+        Group commit: the first writer of an entity becomes the leader and writes whatever has
+        queued meanwhile in one batch; the others wait for their batch to be durable. Each
+        call still returns only once its record is written (or in the outbox).
+        """
+        ticket = _Ticket(record)
+        entity = record.entity
+        with self._batch_lock:
+            self._batches.setdefault(entity, []).append(ticket)
+            leading = entity not in self._batch_leaders
+            if leading:
+                self._batch_leaders.add(entity)
+        if leading:
+            self._lead_batches(entity)
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise ticket.error
+
+    def _lead_batches(self, entity: str) -> None:
+        while True:
+            with self._batch_lock:
+                batch = self._batches.pop(entity, [])
+                if not batch:
+                    self._batch_leaders.discard(entity)
+                    return
+            latest: dict[str, StoredRecord] = {}
+            for ticket in batch:  # a key saved twice in one batch: the later state wins
+                latest.pop(ticket.record.key, None)
+                latest[ticket.record.key] = ticket.record
+            try:
+                self._write(entity, list(latest.values()))
+            except BaseException:
+                if len(batch) == 1:
+                    batch[0].error = sys.exc_info()[1]
+                else:  # find whose record failed: write them one by one
+                    for ticket in batch:
+                        try:
+                            self._write(entity, [ticket.record])
+                        except BaseException as exc:
+                            ticket.error = exc
+            for ticket in batch:
+                ticket.done.set()
 
     @staticmethod
     def _pg_apply(
         conn: psycopg.Connection[Any], records: list[StoredRecord], entity: str, deleted: list[str]
     ) -> None:
-        if len(records) == 1 and not deleted:
-            pg.upsert_record(conn, records[0])
+        if not deleted:
+            pg.upsert_records(conn, records)  # one atomic statement for one entity
             return
         with conn.transaction():
             if records:
@@ -429,7 +536,8 @@ class DataLayer:
     def save(self, entity: str, data: dict[str, Any], key: str | None = None) -> str:
         """Insert or replace one record; returns its key (generated when the record has none)."""
         key = key or self._key_of(entity, data)
-        self._write(entity, [StoredRecord(entity, key, dict(data))])
+        record = StoredRecord(entity, key, dict(data))
+        self._write_grouped(record)
         return key
 
     def save_many(self, entity: str, items: list[dict[str, Any]]) -> list[str]:
@@ -780,6 +888,16 @@ class DataLayer:
         self._write("account_locks", [StoredRecord("account_locks", lock_key, lock)])
 
     # ------------------------------------------------------------------------ health
+    def _json_file_errors(self) -> list[str]:
+        """Every AEIMS file that cannot be read (malformed, unreadable), named with its position."""
+        errors = []
+        for entity in ENTITIES:
+            try:
+                self.json.load(entity)
+            except (JsonFileError, OSError) as exc:
+                errors.append(str(exc))
+        return errors
+
     def health(self) -> dict[str, Any]:
         """Phase, reachability, breaker and outbox: what monitoring needs; `degraded` says alert."""
         effective = self.phase()
@@ -797,11 +915,13 @@ class DataLayer:
                     str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"
                 )
         depth = self.outbox.depth()
+        file_errors = self._json_file_errors() if effective.phase.writes_json else []
         uses_pg = effective.phase.writes_pg or effective.phase.reads_pg
         degraded = bool(
             (uses_pg and reachable is False)
             or depth > 0
             or self.breaker.state != BreakerState.CLOSED
+            or file_errors
         )
         return {
             "phase": effective.phase.value,
@@ -815,5 +935,6 @@ class DataLayer:
             },
             "breaker": self.breaker.state.value,
             "outbox_depth": depth,
+            "json_file_errors": file_errors,
             "degraded": degraded,
         }

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioner.fsutil import write_atomically
+from provisioner.fsutil import private_dir, write_atomically
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,11 @@ class Outbox:
     def __init__(self, directory: Path) -> None:
         self.path = directory / "outbox.jsonl"
         self.lock_path = directory / "outbox.lock"
+        self._path_str = str(self.path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -55,8 +56,9 @@ class Outbox:
             os.close(fd)
 
     def is_empty(self) -> bool:
+        """Cheap (one stat): every read in a PostgreSQL-reading phase asks."""
         try:
-            return self.path.stat().st_size == 0
+            return os.stat(self._path_str).st_size == 0
         except FileNotFoundError:
             return True
 
@@ -114,5 +116,5 @@ class Outbox:
                     done += len(chunk)
             finally:
                 remaining = "".join(json.dumps(e.as_json()) + "\n" for e in pending)
-                write_atomically(self.path, remaining)
+                write_atomically(self.path, remaining, mode=0o600)
         return done

@@ -18,7 +18,8 @@ Plaintext test passwords (`model.PLAINTEXT_PASSWORD_FIELDS`, at any depth) are d
 anything is stored, hashed or compared, so they never reach PostgreSQL (REPORT section 4).
 
 Writes are upserts keyed by the AEIMS id with a content hash, so re-sending an unchanged record
-changes nothing (not even the row's xmin), and every value is a bound parameter.
+changes nothing (not even the row's xmin), and every value is a bound parameter: the rows of a
+write travel as one JSON parameter to a single statement per entity, whatever the batch size.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
@@ -83,12 +85,36 @@ class ColumnType:
     against the maps. `to_db` raises TypeError/ValueError/ArithmeticError for a value the column
     cannot hold (the value then lives only in extra.__orig__); `from_db` receives what
     PostgreSQL returns. `wrap` adapts a value to a query parameter (jsonb).
+
+    The rest only makes writes cheaper, never different (tests/test_pg_records_speed_paths.py
+    checks each against the generic to_db/from_db round trip):
+    - `verbatim_types`: a value of exactly one of these types that `to_db` accepts comes back
+      from `from_db(to_db(value))` unchanged, so the back-conversion check is skipped for it;
+    - `convert_scalar`: a memoized `value -> (column value, exact round trip)` for str and int
+      values (timestamps, whose parse and format dominate a write and repeat often);
+    - `to_json`: the column value as JSON text for json_to_recordset (None: already JSON).
     """
 
     sql_type: str
     to_db: Callable[[Any], Any]
     from_db: Callable[[Any], Any]
     wrap: Callable[[Any], Any] | None = None
+    verbatim_types: frozenset[type] = frozenset()
+    convert_scalar: Callable[[Any], tuple[Any, bool]] | None = None
+    to_json: Callable[[Any], Any] | None = None
+
+    def convert(self, value: Any) -> tuple[Any, bool]:
+        """(column value, whether from_db gives `value` back exactly); _CONVERSION_ERRORS when
+        the column cannot hold `value`. None is always stored as NULL and given back as None."""
+        if value is None:
+            return None, True
+        kind = type(value)
+        if kind in self.verbatim_types:
+            return self.to_db(value), True
+        if self.convert_scalar is not None and (kind is str or kind is int):
+            return self.convert_scalar(value)
+        stored = self.to_db(value)
+        return stored, strictly_equal(self.from_db(stored), value)
 
     @property
     def copy_type(self) -> str:
@@ -168,7 +194,7 @@ def _numeric(precision: int, scale: int, back: str) -> ColumnType:
             return int(value)
         return float(value)
 
-    return ColumnType(f"numeric({precision},{scale})", to_db, from_db)
+    return ColumnType(f"numeric({precision},{scale})", to_db, from_db, to_json=str)
 
 
 _NAIVE_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
@@ -189,7 +215,19 @@ def _timestamp(fmt: TimestampFormat) -> ColumnType:
     def from_db(value: datetime | None) -> str | int | None:
         return None if value is None else format_as(value, fmt)
 
-    return ColumnType("timestamp with time zone", to_db, from_db)
+    # Keyed by type too, so that 1 and True (equal, same hash) are never confused.
+    @functools.lru_cache(maxsize=4096, typed=True)
+    def convert_scalar(value: str | int) -> tuple[datetime | None, bool]:
+        stored = to_db(value)
+        return stored, strictly_equal(from_db(stored), value)
+
+    return ColumnType(
+        "timestamp with time zone",
+        to_db,
+        from_db,
+        convert_scalar=convert_scalar,
+        to_json=datetime.isoformat,
+    )
 
 
 def _text_array_to_db(value: Any) -> list[str] | None:
@@ -204,11 +242,12 @@ def _wrap_jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
-TEXT = ColumnType("text", _text_to_db, _identity)
-BOOL = ColumnType("boolean", _bool_to_db, _identity)
-INT = ColumnType("integer", _int_to_db, _identity)
-JSONB = ColumnType("jsonb", _identity, _identity, _wrap_jsonb)
-TEXT_ARRAY = ColumnType("text[]", _text_array_to_db, _identity)
+_JSON_TYPES = frozenset({dict, list, str, int, float, bool})
+TEXT = ColumnType("text", _text_to_db, _identity, verbatim_types=frozenset({str}))
+BOOL = ColumnType("boolean", _bool_to_db, _identity, verbatim_types=frozenset({bool}))
+INT = ColumnType("integer", _int_to_db, _identity, verbatim_types=frozenset({int}))
+JSONB = ColumnType("jsonb", _identity, _identity, _wrap_jsonb, verbatim_types=_JSON_TYPES)
+TEXT_ARRAY = ColumnType("text[]", _text_array_to_db, _identity, verbatim_types=frozenset({list}))
 # Money and credits. Whole amounts come back as int where the files hold ints (credits).
 MONEY = _numeric(12, 2, back="float")
 MONEY_INT = _numeric(12, 2, back="int")
@@ -813,7 +852,9 @@ def _clean(value: Any, where: str) -> Any:
 
     Refused (PostgreSQL could not give them back): NUL characters, strings that are not valid
     Unicode, and floats so large that their JSON form has an exponent (jsonb would turn 1e+16
-    into the int 10000000000000000). Scalars are handled inline: this runs on every write.
+    into the int 10000000000000000). Scalars are handled inline and plain ASCII text without
+    NUL passes two C-level tests, so error locations are only spelled out for a value that
+    fails them: this runs on every write.
     """
     kind = type(value)
     if kind is dict:
@@ -823,10 +864,13 @@ def _clean(value: Any, where: str) -> Any:
                 raise RecordMappingError(f"{where}: field name {name!r} is not a string")
             if name in PLAINTEXT_PASSWORD_FIELDS:
                 continue
-            _check_text(name, f"{where} (a field name)")
+            if "\x00" in name or not name.isascii():
+                _check_text(name, f"{where} (a field name)")
             item_kind = type(item)
             if item_kind is str:
-                out[name] = _check_text(item, f"{where}.{name}")
+                if "\x00" in item or not item.isascii():
+                    _check_text(item, f"{where}.{name}")
+                out[name] = item
             elif item is None or item_kind is int or item_kind is bool:
                 out[name] = item
             else:
@@ -843,13 +887,20 @@ def _clean(value: Any, where: str) -> Any:
     raise RecordMappingError(f"{where}: {kind.__name__} is not a JSON value")
 
 
+# The canonical JSON of a content hash: json.dumps(..., sort_keys=True, ensure_ascii=False,
+# separators=(",", ":")) spelled as one reusable encoder (json.dumps builds a new one per call
+# for non-default options). Key order never matters. Cycles cannot reach it (_clean recurses).
+_canonical_json = json.JSONEncoder(
+    sort_keys=True, ensure_ascii=False, separators=(",", ":"), check_circular=False
+).encode
+# The rows of a write as one json_to_recordset parameter (key order is irrelevant there).
+_rows_json = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False
+).encode
+
+
 def _content_hash(key: str, data: dict[str, Any], placement: dict[str, Any]) -> str:
-    canonical = json.dumps(
-        [MAPPING_VERSION, key, data, placement],
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    canonical = _canonical_json([MAPPING_VERSION, key, data, placement])
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -872,7 +923,7 @@ def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     parent[path[-1]] = value
 
 
-@dataclass
+@dataclass(slots=True)
 class RowImage:
     """One record as the values of its row (unwrapped), and its derived membership rows."""
 
@@ -898,51 +949,77 @@ class RowImage:
         return (self.key, *self.values, json.loads(json.dumps(self.extra)), dict(self.placement))
 
 
+_MISSING = object()
+
+
+_Lifted = tuple[tuple[tuple[str, ...], str | None, str, Callable[[Any], tuple[Any, bool]]], ...]
+
+
+@functools.cache
+def _lifted(entity: str) -> _Lifted:
+    """Per column of `entity`: its path, its field name when top-level (popped in one step, a
+    nested path goes through _pop_path), its dotted name and its converter."""
+    return tuple(
+        (
+            column.path,
+            column.path[0] if len(column.path) == 1 else None,
+            column.dotted,
+            column.type.convert,
+        )
+        for column in ENTITY_MAPS[entity].columns
+    )
+
+
 def from_record(record: StoredRecord) -> RowImage:
     """The row image of `record`: plaintext dropped, fields lifted into typed columns."""
     mapping = entity_map(record.entity)
-    key = record.key
-    where = f"{record.entity} {key!r}"
+    key, raw, raw_placement = record.key, record.data, record.placement
     if not isinstance(key, str) or not key or "\x00" in key:
         raise RecordMappingError(f"{record.entity}: key {key!r} must be a non-empty string")
-    if not isinstance(record.data, dict):
-        raise RecordMappingError(
-            f"{where}: data must be an object, not {type(record.data).__name__}"
-        )
-    if not isinstance(record.placement, dict):
+    where = f"{record.entity} {key!r}"
+    if not key.isascii():
+        _check_text(key, f"{where} (the key)")
+    if not isinstance(raw, dict):
+        raise RecordMappingError(f"{where}: data must be an object, not {type(raw).__name__}")
+    if not isinstance(raw_placement, dict):
         raise RecordMappingError(f"{where}: placement must be an object")
-    reserved = _RESERVED_FIELDS & record.data.keys()
-    if reserved:
-        raise RecordMappingError(f"{where}: field name(s) {sorted(reserved)} are reserved")
-    data: dict[str, Any] = _clean(record.data, where)
-    placement: dict[str, Any] = _clean(record.placement, f"{where} placement")
+    if ORIG_KEY in raw or ABSENT_KEY in raw:
+        reserved = sorted(_RESERVED_FIELDS & raw.keys())
+        raise RecordMappingError(f"{where}: field name(s) {reserved} are reserved")
+    data: dict[str, Any] = _clean(raw, where)
+    placement: dict[str, Any] = _clean(raw_placement, f"{where} placement") if raw_placement else {}
     content_hash = _content_hash(key, data, placement)
     memberships = mapping.memberships.derive(key, data) if mapping.memberships else []
 
     # From here `data` is consumed into what remains for `extra`.
     orig: dict[str, Any] = {}
     absent: list[str] = []
-    if mapping.key_field:
-        found, value = _pop_path(data, (mapping.key_field,))
-        if not found:
-            absent.append(mapping.key_field)
-        elif not strictly_equal(value, key):
-            orig[mapping.key_field] = value
+    key_field = mapping.key_field
+    if key_field:
+        value = data.pop(key_field, _MISSING)
+        if value is _MISSING:
+            absent.append(key_field)
+        elif type(value) is not type(key) or value != key:  # strictly_equal for a str key
+            orig[key_field] = value
     values: list[Any] = []
-    for column in mapping.columns:
-        found, value = _pop_path(data, column.path)
+    for path, field_name, dotted, convert in _lifted(record.entity):
+        if field_name is not None:
+            value = data.pop(field_name, _MISSING)
+            found = value is not _MISSING
+        else:
+            found, value = _pop_path(data, path)
         if not found:
-            absent.append(column.dotted)
+            absent.append(dotted)
             values.append(None)
             continue
         try:
-            stored = column.type.to_db(value)
+            stored, exact = convert(value)
         except _CONVERSION_ERRORS:
-            orig[column.dotted] = value
+            orig[dotted] = value
             values.append(None)
             continue
-        if not strictly_equal(column.type.from_db(stored), value):
-            orig[column.dotted] = value
+        if not exact:
+            orig[dotted] = value
         values.append(stored)
     if orig:
         data[ORIG_KEY] = orig
@@ -1019,7 +1096,10 @@ def _ids(names: Iterable[str]) -> sql.Composed:
 
 @dataclass(frozen=True)
 class _Statements:
-    upsert: bytes
+    # Upserts of the rows of a json_to_recordset parameter (see _rows_param): the first gives
+    # the changed keys back, the second only their number (the cursor's rowcount).
+    upsert_rows: bytes
+    upsert_rows_count: bytes
     on_conflict: sql.Composed
     select_one: bytes
     select_all: bytes
@@ -1039,17 +1119,35 @@ def _statements(entity: str) -> _Statements:
     m = ENTITY_MAPS[entity]
     table, pk = sql.Identifier(m.table), sql.Identifier(m.key_column)
     written = m.written_columns
-    placeholders = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(t)) for t in m.written_types)
+    # A record written without a placement (PostgreSQL-only writes do not know where JSON
+    # would put it) keeps the placement already stored, for writing the files back later.
     updates = sql.SQL(", ").join(
-        sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in written[1:]
+        sql.SQL(
+            "placement = CASE WHEN EXCLUDED.placement = '{{}}'::jsonb "
+            "THEN {table}.placement ELSE EXCLUDED.placement END"
+        ).format(table=table)
+        if c == "placement"
+        else sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
+        for c in written[1:]
     )
-    on_conflict = sql.SQL(
+    on_conflict_count = sql.SQL(
         "ON CONFLICT ({pk}) DO UPDATE SET {updates}, stored_at = now() "
-        "WHERE {table}.content_hash IS DISTINCT FROM EXCLUDED.content_hash RETURNING {pk}"
+        "WHERE {table}.content_hash IS DISTINCT FROM EXCLUDED.content_hash"
     ).format(pk=pk, updates=updates, table=table)
-    upsert = sql.SQL("INSERT INTO {table} ({cols}) VALUES ({ph}) {tail}").format(
-        table=table, cols=_ids(written), ph=placeholders, tail=on_conflict
+    on_conflict = on_conflict_count + sql.SQL(" RETURNING {pk}").format(pk=pk)
+    # Every row of a write travels in ONE parameter, a JSON array of objects keyed by column:
+    # one statement, one parse and one round trip per batch whatever its size, where a
+    # statement per row (or a VALUES list of 10 parameters per row) costs far more CPU on both
+    # sides. Rows are locked in key order (ORDER BY, the order copy_records uses too), so
+    # concurrent batches cannot deadlock each other.
+    definitions = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
+        for c, t in zip(written, m.written_types, strict=True)
     )
+    from_rows = sql.SQL(
+        "INSERT INTO {table} ({cols}) SELECT {cols} FROM json_to_recordset(%s::json) "
+        "AS r({definitions}) ORDER BY {pk} "
+    ).format(table=table, cols=_ids(written), definitions=definitions, pk=pk)
     selected = _ids(m.selected_columns)
     select_one = sql.SQL("SELECT {cols} FROM {table} WHERE {pk} = %s").format(
         cols=selected, table=table, pk=pk
@@ -1099,7 +1197,8 @@ def _statements(entity: str) -> _Statements:
             )
         )
     return _Statements(
-        upsert=_render(upsert),
+        upsert_rows=_render(from_rows + on_conflict),
+        upsert_rows_count=_render(from_rows + on_conflict_count),
         on_conflict=on_conflict,
         select_one=_render(select_one),
         select_all=_render(select_all),
@@ -1138,37 +1237,85 @@ def _rewrite_memberships(
         cur.executemany(stmts.membership_insert, rows)
 
 
-def _upsert_group(conn: psycopg.Connection, entity: str, images: list[RowImage]) -> int:
+@functools.cache
+def _row_layout(
+    entity: str,
+) -> tuple[tuple[str, ...], tuple[tuple[int, Callable[[Any], Any]], ...]]:
+    """The written columns of `entity`, and the positions (in a written row) of the values that
+    need a JSON form (timestamps, numerics) with its converter."""
+    mapping = ENTITY_MAPS[entity]
+    converted = tuple(
+        (index, column.type.to_json)
+        for index, column in enumerate(mapping.columns, start=1)
+        if column.type.to_json is not None
+    )
+    return tuple(mapping.written_columns), converted
+
+
+def _rows_param(entity: str, images: Iterable[RowImage]) -> str:
+    """The rows of `images` as the JSON array of objects json_to_recordset reads."""
+    names, converted = _row_layout(entity)
+    rows = []
+    for image in images:
+        values = [image.key, *image.values, image.extra, image.placement, image.content_hash]
+        for index, to_json in converted:
+            value = values[index]
+            if value is not None:
+                values[index] = to_json(value)
+        rows.append(dict(zip(names, values, strict=True)))
+    return _rows_json(rows)
+
+
+def _latest_by_key(images: list[RowImage]) -> list[RowImage]:
+    """One image per key, the last one given (what a batch means), in key order."""
+    latest = {image.key: image for image in images}
+    return [latest[key] for key in sorted(latest)]
+
+
+def _write_group(cur: psycopg.Cursor[Any], entity: str, images: list[RowImage]) -> int:
+    """Upsert the rows of one entity in one statement; rewrite memberships of changed rows."""
     stmts = _statements(entity)
-    # Rows are locked in key order, so concurrent batches cannot deadlock each other (the sort
-    # is stable: with one key twice, the later record is still written last).
-    images = sorted(images, key=lambda image: image.key)
-    changed: list[str] = []
-    with conn.cursor() as cur:
-        cur.executemany(stmts.upsert, [image.params() for image in images], returning=True)
-        while True:
-            changed.extend(row[0] for row in cur.fetchall())
-            if not cur.nextset():
-                break
-        # With one key twice in a batch, the last image is the one stored.
-        last = {image.key: image for image in images}
-        written = list(dict.fromkeys(changed))
-        _rewrite_memberships(cur, entity, last, written)
-    return len(written)
+    images = _latest_by_key(images)
+    param = [_rows_param(entity, images)]
+    if stmts.membership_delete is None:
+        # No memberships: the number of rows inserted or updated is all the caller needs.
+        cur.execute(stmts.upsert_rows_count, param)
+        return cur.rowcount
+    cur.execute(stmts.upsert_rows, param)
+    changed = [row[0] for row in cur.fetchall()]
+    _rewrite_memberships(cur, entity, {image.key: image for image in images}, changed)
+    return len(changed)
+
+
+def _statement_is_atomic(conn: psycopg.Connection) -> bool:
+    """Whether one statement sent now is atomic with no BEGIN/COMMIT of ours: it commits alone
+    on an autocommit connection, and is part of the caller's transaction when one is open."""
+    return conn.autocommit or conn.info.transaction_status == TransactionStatus.INTRANS
 
 
 def upsert_records(conn: psycopg.Connection, records: Iterable[StoredRecord]) -> int:
-    """Insert or update `records` (any entities) in one transaction; return rows written.
+    """Insert or update `records` (any entities) atomically; return the rows written.
 
     Idempotent: a record whose content hash matches its row is not written at all (the count
-    excludes it, and the row keeps its xmin). Memberships are rewritten, in the same
-    transaction, only for the records whose row changed. Pipelined by psycopg's executemany.
+    excludes it, and the row keeps its xmin); with one key several times, the last record is
+    the one stored. Memberships are rewritten, in the same transaction, only for the records
+    whose row changed. One statement per entity: records of one entity without memberships
+    (messages, the hot path) are a single statement, run without a transaction of its own
+    when the connection is in autocommit or already in a transaction; anything else runs in
+    one transaction (a savepoint within the caller's).
     """
     groups = _images_by_entity(records)
+    if not groups:
+        return 0
+    if len(groups) == 1 and _statement_is_atomic(conn):
+        ((entity, images),) = groups.items()
+        if _statements(entity).membership_delete is None:
+            with conn.cursor() as cur:
+                return _write_group(cur, entity, images)
     written = 0
-    with conn.transaction():
+    with conn.transaction(), conn.cursor() as cur:
         for entity, images in groups.items():
-            written += _upsert_group(conn, entity, images)
+            written += _write_group(cur, entity, images)
     return written
 
 
@@ -1180,10 +1327,11 @@ def upsert_record(conn: psycopg.Connection, record: StoredRecord) -> bool:
     """
     image = from_record(record)
     stmts = _statements(record.entity)
+    param = [_rows_param(record.entity, (image,))]
     if stmts.membership_delete is None:
-        return conn.execute(stmts.upsert, image.params()).fetchone() is not None
+        return conn.execute(stmts.upsert_rows_count, param).rowcount == 1
     with conn.transaction(), conn.cursor() as cur:
-        changed = cur.execute(stmts.upsert, image.params()).fetchone() is not None
+        changed = cur.execute(stmts.upsert_rows_count, param).rowcount == 1
         if changed:
             _rewrite_memberships(cur, record.entity, {image.key: image}, [image.key])
     return changed

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
-from provisioner.fsutil import write_atomically
+from provisioner.fsutil import private_dir, write_atomically
 
 
 class Phase(StrEnum):
@@ -74,13 +74,13 @@ def read_phase(data_dir: Path) -> Phase:
 
 def write_phase(data_dir: Path, phase: Phase, changed_by: str = "") -> None:
     path = phase_file(data_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     payload = {
         "phase": phase.value,
         "changed_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "changed_by": changed_by or f"pid {os.getpid()}",
     }
-    write_atomically(path, json.dumps(payload, indent=4) + "\n")
+    write_atomically(path, json.dumps(payload, indent=4) + "\n", mode=0o600)
 
 
 def effective_phase(
