@@ -61,6 +61,7 @@ from provisioner.storage.jsonfile import (
     clone_json,
     json_equal,
     locked_update,
+    locked_update_shared,
     read_json_shared,
 )
 from provisioner.storage.model import (
@@ -703,6 +704,59 @@ def _remove_value(doc: Any, slot: _Slot) -> None:
         del container[slot.index]
 
 
+def _copied_for_write(fs: FileSpec, doc: Any) -> Any:
+    """`doc` with a new top level and a new wrapper container, the records themselves shared:
+    all that `_set_value`, `_insert_new`, `_remove_value` and `_touch` change, so that the
+    shared cached document is never changed (see jsonfile.locked_update_shared)."""
+    if type(doc) is list:
+        return list(doc)
+    if type(doc) is not dict:
+        return doc  # not a container: _insert_new reports the shape
+    copy = dict(doc)
+    if fs.wrapper is not None:
+        inner = copy.get(fs.wrapper)
+        if type(inner) is dict:
+            copy[fs.wrapper] = dict(inner)
+        elif type(inner) is list:
+            copy[fs.wrapper] = list(inner)
+    return copy
+
+
+def _wrapper_of(fs: FileSpec, doc: Any) -> Any:
+    if fs.wrapper is None or not isinstance(doc, dict):
+        return None
+    return doc.get(fs.wrapper)
+
+
+def _record_after_wrapper(fs: FileSpec, doc: Any) -> bool:
+    """Does a top-level record sit after the wrapper (customer_activity's "0".."9")? Then a
+    record added to the wrapper is not the last one in file order."""
+    if fs.wrapper is None or not isinstance(doc, dict) or fs.wrapper not in doc:
+        return False
+    items = iter(doc.items())
+    for key, _ in items:
+        if key == fs.wrapper:
+            break
+    return any(_is_top_record(fs, key, value) for key, value in items)
+
+
+def _counts_as_record(fs: FileSpec, doc: Any, slot: _Slot, value: Any) -> bool:
+    """Would a scan of `doc` find `value` at `slot` as a record?"""
+    if slot.container is None and isinstance(doc, dict):
+        return isinstance(slot.index, str) and _is_top_record(fs, slot.index, value)
+    return _is_record_value(fs, value)
+
+
+@dataclass
+class _Slots:
+    """Where each record of one shared document sits: `_scan`'s result as a dict (file order),
+    kept up to date by upserts so that an update does not scan every record."""
+
+    doc: Any  # the shared document described (identity check)
+    found: dict[str, _Found]
+    record_after_wrapper: bool
+
+
 # --------------------------------------------------------------------------------------------
 # Operators: one entity in two files
 # --------------------------------------------------------------------------------------------
@@ -793,6 +847,9 @@ class _Index:
     docs: tuple[Any, ...]  # the shared documents this index was built from (identity check)
     records: dict[str, StoredRecord]  # shared data: clone before handing out
     logins: dict[str, list[tuple[int, int, str]]] | None = None
+    # With `logins`: each record's rank in file order, and the rank of the next one appended.
+    orders: dict[str, int] | None = None
+    next_order: int = 0
 
 
 _LOGIN_FIELDS: Final[dict[str, tuple[tuple[str, int], ...]]] = {
@@ -803,6 +860,21 @@ _LOGIN_FIELDS: Final[dict[str, tuple[tuple[str, int], ...]]] = {
 }
 
 
+def _login_entries(entity: str, record: StoredRecord) -> list[tuple[str, int]]:
+    """The (normalized login, priority) pairs `record` is found by; ids under "\\0" + id."""
+    out: list[tuple[str, int]] = []
+    if entity == "operators":
+        record_id = _normalize_id(record.data.get("id"))
+        if record_id is not None:
+            out.append(("\0" + record_id, 0))
+    for field_name, priority in _LOGIN_FIELDS.get(entity, ()):
+        raw = record.key if field_name == "#key" else record.data.get(field_name)
+        normalized = normalize_login(raw)
+        if normalized is not None:
+            out.append((normalized, priority))
+    return out
+
+
 class AeimsJsonStore:
     """Records of every AEIMS entity, read from and written to an AEIMS application root.
 
@@ -810,7 +882,11 @@ class AeimsJsonStore:
     for operators, `agents/data/operators.json`. A missing entity file reads as empty and is
     created on the first write with the wrapper PHP's DataLayer writes (see CATALOG notes).
     Reads share a parse cache and hand out copies; each write is one locked, atomic
-    read-modify-write per file (see jsonfile.locked_update).
+    read-modify-write per file (see jsonfile.locked_update). Writes other than the operators'
+    change the shared document copy-on-write (jsonfile.locked_update_shared), and an upsert
+    that replaces records where they sit and appends new ones carries the slots (`_Slots`) and
+    the read index (`_Index`, logins included) over to the document it wrote, so neither the
+    next write nor the next lookup scans every record again.
 
     Naive timestamps (`last_updated`) are written in `local_tz`, the PHP server's zone.
     """
@@ -825,6 +901,7 @@ class AeimsJsonStore:
         self.data_dir = root.absolute()
         self.local_tz = local_tz
         self._indexes: dict[str, _Index] = {}
+        self._slots: dict[str, _Slots] = {}  # by FileSpec.relpath
 
     # -- catalog --------------------------------------------------------------------------
 
@@ -862,16 +939,83 @@ class AeimsJsonStore:
         else:
             fs = spec.file
             records = {}
-            for found in _scan(fs, docs[0]):
+            found_list = _scan(fs, docs[0])
+            for found in found_list:
                 records[found.key] = StoredRecord(
                     entity,
                     found.key,
                     _record_data(fs, found.slot, found.value) if fs.value_field else found.value,
                     found.slot.placement(),
                 )
+            self._slots[fs.relpath] = _Slots(
+                docs[0], {f.key: f for f in found_list}, _record_after_wrapper(fs, docs[0])
+            )
         index = _Index(docs, records)
         self._indexes[entity] = index
         return index
+
+    def _slots_for(self, fs: FileSpec, doc: Any) -> _Slots:
+        """The slots of the shared `doc`: kept from the last update or read, else scanned."""
+        cached = self._slots.get(fs.relpath)
+        if cached is not None and cached.doc is doc:
+            return cached
+        slots = _Slots(doc, {f.key: f for f in _scan(fs, doc)}, _record_after_wrapper(fs, doc))
+        self._slots[fs.relpath] = slots
+        return slots
+
+    def _advance_index(
+        self,
+        entity: str,
+        fs: FileSpec,
+        old_doc: Any,
+        new_doc: Any,
+        changes: list[tuple[str, Any, _Slot]],
+    ) -> None:
+        """Carry the read index of `old_doc` over to `new_doc` after an upsert that replaced
+        records where they sat and appended new ones at the end of the file order: what a
+        full rebuild would give, without one. The old index is not changed (readers may be
+        using it)."""
+        index = self._indexes.get(entity)
+        if index is None or len(index.docs) != 1 or index.docs[0] is not old_doc:
+            return
+        records = dict(index.records)
+        logins = dict(index.logins) if index.logins is not None else None
+        orders = dict(index.orders) if index.orders is not None else None
+        next_order = index.next_order
+        if logins is None or orders is None:
+            logins = orders = None  # built on the next find_by_login
+        copied: set[str] = set()
+
+        def entries(login: str) -> list[tuple[int, int, str]]:
+            assert logins is not None
+            if login not in copied:
+                logins[login] = list(logins.get(login, ()))
+                copied.add(login)
+            return logins[login]
+
+        for key, value, slot in changes:
+            data = _record_data(fs, slot, value) if fs.value_field else value
+            record = StoredRecord(entity, key, data, slot.placement())
+            previous = records.get(key)
+            records[key] = record
+            if logins is None or orders is None:
+                continue
+            if previous is not None:
+                order = orders[key]
+                for login, _ in _login_entries(entity, previous):
+                    kept = [e for e in entries(login) if e[2] != key]
+                    logins[login] = kept
+            else:
+                order = next_order
+                next_order += 1
+                orders[key] = order
+            for login, priority in _login_entries(entity, record):
+                entries(login).append((priority, order, key))
+        if logins is not None:
+            for login in copied:
+                if not logins[login]:
+                    del logins[login]
+        self._indexes[entity] = _Index((new_doc,), records, logins, orders, next_order)
 
     @staticmethod
     def _operator_records(data_doc: Any, agents_doc: Any) -> dict[str, StoredRecord]:
@@ -958,16 +1102,13 @@ class AeimsJsonStore:
         """normalized login -> [(priority, file order, key)]; ids under "\\0" + id."""
         if index.logins is None:
             logins: dict[str, list[tuple[int, int, str]]] = {}
+            orders: dict[str, int] = {}
             for order, record in enumerate(index.records.values()):
-                if entity == "operators":
-                    record_id = _normalize_id(record.data.get("id"))
-                    if record_id is not None:
-                        logins.setdefault("\0" + record_id, []).append((0, order, record.key))
-                for field_name, priority in _LOGIN_FIELDS[entity]:
-                    raw = record.key if field_name == "#key" else record.data.get(field_name)
-                    normalized = normalize_login(raw)
-                    if normalized is not None:
-                        logins.setdefault(normalized, []).append((priority, order, record.key))
+                orders[record.key] = order
+                for login, priority in _login_entries(entity, record):
+                    logins.setdefault(login, []).append((priority, order, record.key))
+            index.orders = orders
+            index.next_order = len(orders)
             index.logins = logins
         return index.logins
 
@@ -1043,7 +1184,13 @@ class AeimsJsonStore:
                 doc[LAST_UPDATED] = now_php(self.local_tz)
 
     def _update(self, fs: FileSpec, fn: Callable[[Any], Any]) -> Any:
+        """A locked update where `fn` gets a private copy of the document."""
         return locked_update(self._path(fs), fn, default=fs.new_document())
+
+    def _update_shared(self, fs: FileSpec, fn: Callable[[Any], Any]) -> Any:
+        """A locked update where `fn` gets the shared document and changes it copy-on-write
+        (jsonfile.locked_update_shared): for changes to a few records of a big file."""
+        return locked_update_shared(self._path(fs), fn, default=fs.new_document())
 
     def upsert(self, entity: str, records: list[StoredRecord]) -> None:
         """Insert or replace `records` in one locked read-modify-write (per file).
@@ -1060,35 +1207,71 @@ class AeimsJsonStore:
             return
         fs = self.spec(entity).file
         path = self._path(fs)
+        # Private copies, made once: they become part of the shared cached document.
+        wanted = [(r, _file_value(fs, r), _hint(fs, r.placement)) for r in checked]
         placements: dict[str, dict[str, Any]] = {}
+        outcome: list[Any] = []  # [old doc, new doc, new slots or None, changes]
 
         def apply(doc: Any) -> Any:
             placements.clear()
-            existing = {f.key: f for f in _scan(fs, doc)}
-            changed = False
-            for record in checked:
-                value = _file_value(fs, record)
-                found = existing.get(record.key)
-                if found is not None:
-                    placements[record.key] = found.slot.placement()
-                    if not json_equal(found.value, value):
-                        _set_value(doc, found.slot, value)
-                        changed = True
+            outcome.clear()
+            slots = self._slots_for(fs, doc)
+            plan: list[tuple[StoredRecord, Any, _Slot | None, _Found | None]] = []
+            for record, value, hint in wanted:
+                found = slots.found.get(record.key)
+                if found is None:
+                    plan.append((record, value, hint, None))
                     continue
-                doc, slot = _insert_new(
-                    fs, path, doc, record.key, value, _hint(fs, record.placement)
-                )
-                placements[record.key] = slot.placement()
-                existing[record.key] = _Found(record.key, value, slot)
-                changed = True
-            if not changed:
+                placements[record.key] = found.slot.placement()
+                if not json_equal(found.value, value):
+                    plan.append((record, value, hint, found))
+            if not plan:
                 return NO_CHANGE
-            self._touch(doc)
-            return doc
+            new_doc = _copied_for_write(fs, doc)
+            found_now = dict(slots.found)
+            # Whether found_now is what a scan of new_doc gives: records replaced where they
+            # sit, new ones appended at the end of the file order, every key its natural one.
+            exact = True
+            after_wrapper = slots.record_after_wrapper
+            changes: list[tuple[str, Any, _Slot]] = []
+            for record, value, hint, found in plan:
+                if found is not None:
+                    slot = found.slot
+                    _set_value(new_doc, slot, value)
+                else:
+                    before, wrapper = new_doc, _wrapper_of(fs, new_doc)
+                    new_doc, slot = _insert_new(fs, path, new_doc, record.key, value, hint)
+                    placements[record.key] = slot.placement()
+                    if new_doc is not before:
+                        exact = False  # PHP's `[]` became the DataLayer's document
+                    elif slot.container is None:
+                        # Appended to the top level: last in file order, after any wrapper.
+                        after_wrapper = after_wrapper or wrapper is not None
+                    elif (
+                        wrapper is None or _wrapper_of(fs, new_doc) is not wrapper or after_wrapper
+                    ):
+                        # A new wrapper, or a top-level record follows it: not last in order.
+                        exact = False
+                if _key_for(fs, value, slot) != record.key or not _counts_as_record(
+                    fs, new_doc, slot, value
+                ):
+                    exact = False
+                found_now[record.key] = _Found(record.key, value, slot)
+                changes.append((record.key, value, slot))
+            self._touch(new_doc)
+            slots_now = _Slots(new_doc, found_now, after_wrapper) if exact else None
+            outcome[:] = [doc, new_doc, slots_now, changes]
+            return new_doc
 
-        self._update(fs, apply)
+        self._update_shared(fs, apply)
         for record in checked:
             record.placement = placements[record.key]
+        if outcome and outcome[2] is not None:
+            old_doc, new_doc, slots_now, changes = outcome
+            current = self._slots.get(fs.relpath)
+            if current is None or current.doc is old_doc:  # not behind another thread's write
+                self._slots[fs.relpath] = slots_now
+            self._advance_index(entity, fs, old_doc, new_doc, changes)
 
     def delete(self, entity: str, key: str) -> bool:
         """Remove the record with `key`; False when there is none."""
@@ -1099,14 +1282,15 @@ class AeimsJsonStore:
                 continue
 
             def apply(doc: Any, fs: FileSpec = fs) -> Any:
-                for found in _scan(fs, doc):
-                    if found.key == key:
-                        _remove_value(doc, found.slot)
-                        self._touch(doc)
-                        return doc
-                return NO_CHANGE
+                found = self._slots_for(fs, doc).found.get(key)
+                if found is None:
+                    return NO_CHANGE
+                new_doc = _copied_for_write(fs, doc)
+                _remove_value(new_doc, found.slot)
+                self._touch(new_doc)
+                return new_doc
 
-            if self._update(fs, apply) is not NO_CHANGE:
+            if self._update_shared(fs, apply) is not NO_CHANGE:
                 deleted = True
         return deleted
 
@@ -1126,13 +1310,13 @@ class AeimsJsonStore:
         items = [(r.key, _file_value(fs, r), _hint(fs, r.placement)) for r in checked]
 
         def apply(doc: Any) -> Any:
-            rebuilt = _rebuild(fs, path, clone_json(doc), items)
+            rebuilt = _rebuild(fs, path, clone_json(doc), items)  # doc itself stays unchanged
             if json_equal(rebuilt, doc):
                 return NO_CHANGE
             self._touch(rebuilt)
             return rebuilt
 
-        self._update(fs, apply)
+        self._update_shared(fs, apply)
 
     # -- operators ------------------------------------------------------------------------
 

@@ -13,6 +13,11 @@ Why each piece exists:
   `flock($fp, LOCK_EX)` takes, so neither side loses the other's update.
 - Message traffic needs many small changes per second: `locked_update_many` and `GroupCommitter`
   apply a batch of changes in one read-modify-write, and unchanged files are not parsed again.
+- A few new records in a file of thousands must cost about as much as the records themselves:
+  `locked_update_shared` hands the update the shared cached document to change copy-on-write,
+  caches what it wrote as the file's document (so the next update parses nothing), and
+  encodes only the members that are not the same objects as last time (`_Node`), joining the
+  rest from the pieces of the previous write; the bytes are exactly the whole encoder's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import fcntl
 import functools
 import json
 import math
+import operator
 import os
 import re
 import stat
@@ -32,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +60,7 @@ __all__ = [
     "json_equal",
     "locked_update",
     "locked_update_many",
+    "locked_update_shared",
     "read_json",
     "read_json_shared",
     "write_json",
@@ -112,6 +120,7 @@ NO_CHANGE: Final[Any] = _Sentinel("NO_CHANGE")
 # Default for `default=`: a missing file is an error.
 _RAISE: Final[Any] = _Sentinel("RAISE")
 _UNPARSED: Final[Any] = _Sentinel("UNPARSED")
+_ANY_ENTRY: Final[Any] = _Sentinel("ANY_ENTRY")
 
 _FIX_HINT = "Nothing was changed; fix the file (or restore it from a backup) and run again"
 
@@ -239,51 +248,73 @@ def _key_text(key: object) -> str:
     raise TypeError(f"JSON object keys must be strings, not {type(key).__name__} ({key!r})")
 
 
-def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
-    """The JSON text of `value` with PHP's layout; slashes and U+2028/9 are handled after.
+class _TextEncoder:
+    """PHP's layout of JSON values in one indent and escaping, for a value at any depth.
 
-    Containers holding only scalars (most of a record's leaves, and whole message records)
-    go through the C encoder with the separators of their depth, several times faster than
-    laying them out here.
+    Made once per encoding (its tables of newlines and leaf encoders grow as deeper levels
+    appear, so it is not shared between threads). Containers holding only scalars (most of a
+    record's leaves, and whole message records) go through the C encoder with the separators
+    of their depth, several times faster than laying them out here. `text(value, depth)` is
+    exactly what the layout of a whole document holds for `value` at that depth, which is what
+    lets a document be encoded in pieces (see `_Node`).
     """
-    enc_str = encode_basestring_ascii if escape_unicode else encode_basestring
-    if indent is None and c_make_encoder is not None:
-        # Compact output is exactly the C encoder's, except for floats that Python spells
-        # with an exponent: none in the text (the usual case) means none in the value.
-        try:
-            text = "".join(
-                c_make_encoder(None, None, enc_str, None, ":", ",", False, False, False)(value, 0)
-            )
-        except (ValueError, TypeError):
-            pass  # NaN, infinity or a non-JSON type: the path below names it
-        else:
-            if ("e+" not in text and "e-" not in text) or not _EXPONENT.search(text):
-                return text
-    parts: list[str] = []
-    append = parts.append
-    key_sep = ":" if indent is None else ": "
-    newlines = [""] if indent is None else ["\n"]
-    leaf_encoders: list[Any] = []
 
-    def newline(depth: int) -> str:
-        if indent is None:
+    def __init__(self, indent: int | None, escape_unicode: bool) -> None:
+        self.indent = indent
+        self.enc_str = encode_basestring_ascii if escape_unicode else encode_basestring
+        self.key_sep = ":" if indent is None else ": "
+        self._newlines = [""] if indent is None else ["\n"]
+        self._leaf_encoders: list[Any] = []
+        # Compact output is exactly the C encoder's, except for floats that Python spells with
+        # an exponent: none in the text (the usual case) means none in the value.
+        self.compact = (
+            c_make_encoder(None, None, self.enc_str, None, ":", ",", False, False, False)
+            if indent is None and c_make_encoder is not None
+            else None
+        )
+
+    def newline(self, depth: int) -> str:
+        """The line break and indentation before an item at `depth` ("" when compact)."""
+        if self.indent is None:
             return ""
+        newlines = self._newlines
         while len(newlines) <= depth:
-            newlines.append("\n" + " " * (indent * len(newlines)))
+            newlines.append("\n" + " " * (self.indent * len(newlines)))
         return newlines[depth]
 
-    def leaf_encoder(depth: int) -> Any:
+    def text(self, value: Any, depth: int = 0) -> str:
+        """The JSON text of `value` laid out at `depth`; slashes and U+2028/9 are handled after
+        (`_finish`)."""
+        if self.compact is not None:
+            try:
+                text = "".join(self.compact(value, 0))
+            except (ValueError, TypeError):
+                pass  # NaN, infinity or a non-JSON type: the path below names it
+            else:
+                if ("e+" not in text and "e-" not in text) or not _EXPONENT.search(text):
+                    return text
+        parts: list[str] = []
+        if isinstance(value, dict | list | tuple):
+            self._container(value, depth, parts.append)
+        else:
+            parts.append(self._scalar(value))
+        return "".join(parts)
+
+    def _leaf_encoder(self, depth: int) -> Any:
+        leaf_encoders = self._leaf_encoders
         while len(leaf_encoders) <= depth:
-            item_sep = "," + newline(len(leaf_encoders) + 1)
+            item_sep = "," + self.newline(len(leaf_encoders) + 1)
             leaf_encoders.append(
-                c_make_encoder(None, None, enc_str, None, key_sep, item_sep, False, False, False)
+                c_make_encoder(
+                    None, None, self.enc_str, None, self.key_sep, item_sep, False, False, False
+                )
             )
         return leaf_encoders[depth]
 
-    def scalar(v: Any) -> str:
+    def _scalar(self, v: Any) -> str:
         t = type(v)
         if t is str:
-            return enc_str(v)
+            return self.enc_str(v)
         if t is int:
             return int.__repr__(v)
         if t is bool:
@@ -293,7 +324,7 @@ def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
         if t is float:
             return _php_float(v)
         if isinstance(v, str):
-            return enc_str(str(v))
+            return self.enc_str(str(v))
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, int):
@@ -302,15 +333,18 @@ def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
             return _php_float(float(v))
         raise TypeError(f"cannot write a {type(v).__name__} as JSON: {v!r:.60}")
 
-    def container(v: Any, depth: int) -> None:
+    def _container(self, v: Any, depth: int, append: Callable[[str], Any]) -> None:
         is_dict = isinstance(v, dict)
         if not v:
             append("{}" if is_dict else "[]")
             return
-        inner = newline(depth + 1)
-        close = newline(depth) + ("}" if is_dict else "]")
+        newlines = self._newlines
+        if len(newlines) <= depth + 1:
+            self.newline(depth + 1)
+        inner = newlines[depth + 1] if self.indent is not None else ""
+        close = (newlines[depth] if self.indent is not None else "") + ("}" if is_dict else "]")
         if c_make_encoder is not None and (type(v) is dict or type(v) is list):
-            for x in v.values() if is_dict else v:
+            for x in v.values() if is_dict else v:  # as _is_leaf, inline: this runs a lot
                 t = type(x)
                 if t is str or t is int or t is bool or x is None:
                     continue
@@ -318,12 +352,16 @@ def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
                     continue  # Python's repr is PHP's spelling for these
                 break
             else:
-                body = leaf_encoder(depth)(v, 0)[0]
+                body = self._leaf_encoder(depth)(v, 0)[0]
                 append(body[0])
                 append(inner)
                 append(body[1:-1])
                 append(close)
                 return
+        enc_str = self.enc_str
+        key_sep = self.key_sep
+        container = self._container
+        scalar = self._scalar
         sep = "," + inner
         first = True
         if is_dict:
@@ -340,7 +378,7 @@ def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
                 if t is str:
                     append(enc_str(item))
                 elif t is dict or t is list or isinstance(item, dict | list | tuple):
-                    container(item, depth + 1)
+                    container(item, depth + 1, append)
                 else:
                     append(scalar(item))
         else:
@@ -355,16 +393,30 @@ def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
                 if t is str:
                     append(enc_str(item))
                 elif t is dict or t is list or isinstance(item, dict | list | tuple):
-                    container(item, depth + 1)
+                    container(item, depth + 1, append)
                 else:
                     append(scalar(item))
         append(close)
 
-    if isinstance(value, dict | list | tuple):
-        container(value, 0)
-    else:
-        append(scalar(value))
-    return "".join(parts)
+
+def _is_leaf(v: Any) -> bool:
+    """Is `v` a plain dict or list of scalars that Python spells as PHP does (so the C encoder
+    lays it out in one call)?"""
+    if type(v) is not dict and type(v) is not list:
+        return False
+    for x in v.values() if type(v) is dict else v:
+        t = type(x)
+        if t is str or t is int or t is bool or x is None:
+            continue
+        if t is float and (x == 0.0 or 1e-4 <= abs(x) < 1e16):
+            continue  # Python's repr is PHP's spelling for these
+        return False
+    return True
+
+
+def _encode_text(value: Any, indent: int | None, escape_unicode: bool) -> str:
+    """The JSON text of `value` with PHP's layout; slashes and U+2028/9 are handled after."""
+    return _TextEncoder(indent, escape_unicode).text(value)
 
 
 def _finish(text: str, escape_slashes: bool, escape_unicode: bool) -> str:
@@ -425,6 +477,302 @@ def _dump_bytes(value: Any, style: JsonStyle) -> bytes:
     if style.trailing_newline:
         text += "\n"
     return _to_utf8(text)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding in pieces: a rewrite encodes only what changed
+# --------------------------------------------------------------------------------------------
+
+
+class _NotPiecewise(Exception):
+    """A value whose pieces might not add up to its whole encoding (a key that is not a str:
+    the C encoder and PHP's spelling of float keys differ)."""
+
+
+# Nodes for the top level and for the big containers in it (the wrapper of records); records,
+# small and replaced whole, are pieces.
+_NODE_MAX_DEPTH: Final = 1
+_NODE_MIN_MEMBERS: Final = 16
+# Joins the texts of many members so that they are finished and encoded in one go; JSON text
+# never holds a raw NUL (it is escaped inside strings), so splitting on it is exact.
+_JOINER: Final = "\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """One container of a written document, encoded member by member.
+
+    A document written by `locked_update_shared` becomes the shared cached document and is
+    never changed afterwards, so a member of the next version that is the same object as a
+    member here has the same encoding: only new and replaced members are encoded again, and
+    the file is the pieces joined. `pieces[i]` is member i's finished UTF-8 text (`"key": value`
+    in an object) laid out one level deeper than the container; for a member in `children`
+    (a big container of the top level, such as the wrapper of all messages) it is only the
+    `"key": ` part and the child node holds the rest.
+    """
+
+    obj: Any  # the container encoded (kept, so that identity means "unchanged")
+    keys: list[str] | None  # an object's keys in order; None for a list
+    values: list[Any]
+    pieces: list[bytes]
+    children: dict[int, _Node]
+
+
+class _PieceEncoder:
+    """Encodes a document as `_Node`s in one style, reusing a previous version's pieces.
+
+    The bytes are exactly `_dump_bytes`': a container's layout is its members' texts joined
+    with the separators of its depth, and `_finish` and `_to_utf8` only change text inside
+    strings, so they work the same on pieces as on the whole. `base` is a document known to
+    be plain JSON (the one the update started from): members found in it need no
+    `_is_plain` walk.
+    """
+
+    def __init__(self, style: JsonStyle) -> None:
+        self.style = style
+        self.encoder = _TextEncoder(style.indent, style.escape_unicode)
+        # Everything encoded so far is what json.loads gives back (see `_is_plain`).
+        self.plain = True
+
+    def _bytes(self, text: str) -> bytes:
+        return _to_utf8(_finish(text, self.style.escape_slashes, self.style.escape_unicode))[1]
+
+    def node(self, value: Any, depth: int, old: _Node | None, base: Any) -> _Node | None:
+        """A node for `value` at `depth`, reusing `old`'s unchanged members; None when `value`
+        is encoded whole (a scalar, an empty or scalar-only container, another type)."""
+        if old is not None and value is old.obj:
+            return old
+        kind = type(value)
+        if (kind is not dict and kind is not list) or not value or _is_leaf(value):
+            return None
+        keys = list(value) if kind is dict else None
+        values = list(value.values()) if kind is dict else list(value)
+        pieces = [b""] * len(values)
+        children: dict[int, _Node] = {}
+        old_children: dict[int, _Node] = {}
+        todo: list[int]
+        if old is None or (keys is None) != (old.keys is None):
+            todo = list(range(len(values)))  # nothing to reuse
+        else:
+            count = len(old.values)
+            same: list[bool] = []
+            if len(values) >= count and (keys is None or keys[:count] == old.keys):
+                same = list(map(operator.is_, old.values, values))
+            if same and (keys is not None or same.count(False) <= max(8, count // 8)):
+                # The usual change: members replaced where they are, new ones appended.
+                pieces[:count] = old.pieces
+                children.update(old.children)
+                todo = _positions_of_false(same)
+                for index in todo:
+                    if index in children:
+                        old_children[index] = children.pop(index)
+                todo.extend(range(count, len(values)))
+            else:
+                todo = self._reuse_matched(old, keys, values, pieces, children, old_children)
+        self._fill(keys, values, todo, depth, pieces, children, old_children, base)
+        return _Node(value, keys, values, pieces, children)
+
+    @staticmethod
+    def _reuse_matched(
+        old: _Node,
+        keys: list[str] | None,
+        values: list[Any],
+        pieces: list[bytes],
+        children: dict[int, _Node],
+        old_children: dict[int, _Node],
+    ) -> list[int]:
+        """Members found in `old` (same key and same object) keep their pieces (deleted or
+        reordered members around them); returns the positions left to encode."""
+        if old.keys is not None:
+            assert keys is not None
+            where = dict(zip(old.keys, range(len(old.keys)), strict=True))
+            probes: list[Any] = keys
+        else:
+            # Values of a list are found by identity (the old node keeps them alive).
+            where = {id(v): i for i, v in enumerate(old.values)}
+            probes = list(map(id, values))
+        todo: list[int] = []
+        for index, (probe, item) in enumerate(zip(probes, values, strict=True)):
+            at = where.get(probe)
+            if at is None:
+                todo.append(index)
+                continue
+            child = old.children.get(at)
+            if old.values[at] is item:
+                pieces[index] = old.pieces[at]
+                if child is not None:
+                    children[index] = child
+            else:
+                todo.append(index)
+                if child is not None:
+                    old_children[index] = child
+        return todo
+
+    def _fill(
+        self,
+        keys: list[str] | None,
+        values: list[Any],
+        todo: list[int],
+        depth: int,
+        pieces: list[bytes],
+        children: dict[int, _Node],
+        old_children: dict[int, _Node],
+        base: Any,
+    ) -> None:
+        """Encode the members at `todo`: big containers of the top level as child nodes, the
+        rest whole, many at a time."""
+        whole = todo
+        if depth < _NODE_MAX_DEPTH:
+            whole = []
+            for index in todo:
+                item = values[index]
+                kind = type(item)
+                if (kind is dict or kind is list) and len(item) >= _NODE_MIN_MEMBERS:
+                    key_text = ""
+                    base_item = None
+                    if keys is not None:
+                        key = keys[index]
+                        if type(key) is not str:
+                            raise _NotPiecewise
+                        key_text = self.encoder.enc_str(key) + self.encoder.key_sep
+                        base_item = base.get(key) if type(base) is dict else None
+                    child = self.node(item, depth + 1, old_children.get(index), base_item)
+                    if child is not None:
+                        pieces[index] = self._bytes(key_text)
+                        children[index] = child
+                        continue
+                whole.append(index)
+        if whole:
+            for index, piece in zip(
+                whole, self._whole_pieces(keys, values, whole, depth, base), strict=True
+            ):
+                pieces[index] = piece
+
+    def _whole_pieces(
+        self, keys: list[str] | None, values: list[Any], indexes: list[int], depth: int, base: Any
+    ) -> list[bytes]:
+        """The pieces of the members at `indexes`, each encoded whole one level deeper."""
+        items = list(map(values.__getitem__, indexes))
+        item_keys = list(map(keys.__getitem__, indexes)) if keys is not None else None
+        if item_keys is not None and set(map(type, item_keys)) - {str}:
+            raise _NotPiecewise
+        self._check_plain(items, item_keys, base)
+        texts = self._texts(items, depth + 1)
+        if item_keys is not None:
+            key_texts = map(self.encoder.enc_str, item_keys)
+            prefixes = map(operator.add, key_texts, repeat(self.encoder.key_sep))
+            texts = list(map(operator.add, prefixes, texts))
+        if len(texts) == 1:
+            return [self._bytes(texts[0])]
+        return self._bytes(_JOINER.join(texts)).split(_JOINER.encode())
+
+    def _texts(self, items: list[Any], depth: int) -> list[str]:
+        """The texts of `items` laid out at `depth`; compact ones in one C call each."""
+        encoder = self.encoder
+        if encoder.compact is None or len(items) < 2:
+            return [encoder.text(item, depth) for item in items]
+        try:
+            texts = list(map("".join, map(encoder.compact, items, repeat(0))))
+        except (ValueError, TypeError):
+            return [encoder.text(item, depth) for item in items]  # names what is wrong
+        probe = _JOINER.join(texts)
+        if ("e+" in probe or "e-" in probe) and _EXPONENT.search(probe):
+            for index, text in enumerate(texts):
+                if ("e+" in text or "e-" in text) and _EXPONENT.search(text):
+                    texts[index] = encoder.text(items[index], depth)  # PHP's float spelling
+        return texts
+
+    def _check_plain(self, items: list[Any], item_keys: list[str] | None, base: Any) -> None:
+        """Clear `plain` if an item is not plain JSON; items of `base` are known to be."""
+        if not self.plain:
+            return
+        known: list[bool]
+        if type(base) is dict and item_keys is not None:
+            known = list(map(operator.is_, map(base.get, item_keys), items))
+        elif type(base) is list:
+            ids = set(map(id, base))
+            known = list(map(ids.__contains__, map(id, items)))
+        else:
+            known = [False] * len(items)
+        for index in _positions_of_false(known):
+            if not _is_plain(items[index]):
+                self.plain = False
+                return
+
+    def render(self, node: _Node, depth: int, out: list[bytes]) -> None:
+        """Append the container's text to `out` in chunks (joined once, at the end): its
+        pieces with the separators of its depth between them, children in their place."""
+        inner = self.encoder.newline(depth + 1)
+        opener, closer = ("{", "}") if node.keys is not None else ("[", "]")
+        sep = ("," + inner).encode()
+        pieces = node.pieces
+        out.append((opener + inner).encode())
+        start = 0
+        for index in sorted(node.children):
+            _interleave(pieces[start:index], sep, out)
+            if index > start:
+                out.append(sep)
+            out.append(pieces[index])
+            self.render(node.children[index], depth + 1, out)
+            if index + 1 < len(pieces):
+                out.append(sep)
+            start = index + 1
+        _interleave(pieces[start:], sep, out)
+        out.append((self.encoder.newline(depth) + closer).encode())
+
+
+def _positions_of_false(flags: list[bool]) -> list[int]:
+    """Where `flags` holds False, found at C speed (few, in a long list)."""
+    found: list[int] = []
+    index = -1
+    while True:
+        try:
+            index = flags.index(False, index + 1)
+        except ValueError:
+            return found
+        found.append(index)
+
+
+def _interleave(pieces: list[bytes], sep: bytes, out: list[bytes]) -> None:
+    """out += pieces with `sep` between them, without copying the pieces' bytes."""
+    if pieces:
+        mixed = [sep] * (2 * len(pieces) - 1)
+        mixed[::2] = pieces
+        out += mixed
+
+
+def _is_plain(value: Any) -> bool:
+    """Is `value` made only of what json.loads makes (dicts with str keys, lists, str, int,
+    float, bool, None)? Only then is a written document the value its file reads back as, and
+    fit to be cached as the file's document (a tuple would read back as a list, a key 7 as "7")."""
+    kind = type(value)
+    if kind is dict:
+        return all(type(k) is str and _is_plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_is_plain(v) for v in value)
+    return kind is str or kind is int or kind is float or kind is bool or value is None
+
+
+def _encode_pieces(
+    value: Any, style: JsonStyle, previous: _Node | None, base: Any
+) -> tuple[bytes, _Node | None, bool]:
+    """`_dump_bytes(value, style)`, the node that lets the next version reuse its pieces
+    (`previous`, a node of a document nobody has changed since, lends its unchanged pieces),
+    and whether `value` is plain JSON (`_is_plain`) and may be cached as the file's document.
+    `base` is a plain document that `value` may share members with (or None).
+    """
+    pieces = _PieceEncoder(style)
+    try:
+        node = pieces.node(value, 0, previous, base)
+    except _NotPiecewise:
+        node = None
+    if node is None:
+        return _dump_bytes(value, style), None, _is_plain(value)
+    out: list[bytes] = []
+    pieces.render(node, 0, out)
+    if style.trailing_newline:
+        out.append(b"\n")
+    return b"".join(out), node, pieces.plain
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,6 +908,9 @@ class _CacheEntry:
     read_at_ns: int  # wall clock when this content was known to be on disk
     doc: Any = _UNPARSED
     style: JsonStyle | None = None
+    # The pieces of `doc`'s encoding in `style` (only for a document we wrote ourselves through
+    # locked_update_shared, which nobody changes afterwards).
+    node: _Node | None = None
 
 
 # An unchanged file is not parsed again. Entries hold the raw bytes too: a stat key is not
@@ -583,8 +934,12 @@ def _cache_get(path: Path) -> _CacheEntry | None:
         return _CACHE.get(str(path))
 
 
-def _cache_put(path: Path, entry: _CacheEntry) -> None:
+def _cache_put(path: Path, entry: _CacheEntry, *, replacing: Any = _ANY_ENTRY) -> None:
+    """Cache `entry` for `path`; with `replacing`, only if the cached entry is still that one
+    (a reader must not put back an older version than a writer has just cached)."""
     with _CACHE_LOCK:
+        if replacing is not _ANY_ENTRY and _CACHE.get(str(path)) is not replacing:
+            return
         if len(entry.raw) <= _CACHE_MAX_BYTES:
             _CACHE[str(path)] = entry
         else:
@@ -600,15 +955,18 @@ def forget_cached(path: Path | None = None) -> None:
             _CACHE.pop(str(Path(path).absolute()), None)
 
 
-def _read_all(fd: int) -> bytes:
+def _read_all(fd: int, size: int = 0) -> bytes:
+    """Everything in the file; `size` (its fstat size) lets one read take it all, uncopied."""
     chunks = []
     offset = 0
+    want = max(size + 1, 1 << 16) if size else 1 << 20
     while True:
-        chunk = os.pread(fd, 1 << 20, offset)
+        chunk = os.pread(fd, want, offset)
         if not chunk:
-            return b"".join(chunks)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.append(chunk)
         offset += len(chunk)
+        want = 1 << 20
 
 
 def _entry_doc(entry: _CacheEntry, path: Path) -> Any:
@@ -624,6 +982,37 @@ def _entry_style(entry: _CacheEntry) -> JsonStyle:
     return entry.style
 
 
+def _read_current(path: Path) -> tuple[bytes, os.stat_result, int] | None:
+    """The bytes of the file now at `path` (None: missing), its fstat and the time they were
+    known to be on disk, read under LOCK_SH.
+
+    PHP's safeFileWrite truncates and rewrites in place under LOCK_EX: the shared lock keeps
+    this read from seeing a half-written file. A writer that renames (ours) replaces the inode
+    while a reader waits for the lock on the old one: the reader then checks that it holds the
+    file that is at the path now, and reads that one instead.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            st = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (st.st_dev, st.st_ino) == (
+                current.st_dev,
+                current.st_ino,
+            ):
+                read_at = time.time_ns()
+                return _read_all(fd, st.st_size), st, read_at
+        finally:
+            os.close(fd)
+
+
 def _load_entry(path: Path) -> _CacheEntry | None:
     """The file's current cache entry (reading it under LOCK_SH when needed); None if missing."""
     try:
@@ -634,28 +1023,19 @@ def _load_entry(path: Path) -> _CacheEntry | None:
     key = _stat_key(st)
     if entry is not None and entry.key == key and entry.read_at_ns - st.st_mtime_ns > _RACY_NS:
         return entry
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    current = _read_current(path)
+    if current is None:
         return None
-    try:
-        # PHP's safeFileWrite truncates and rewrites in place under LOCK_EX: a shared lock
-        # keeps this read from seeing the half-written file.
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        st = os.fstat(fd)
-        read_at = time.time_ns()
-        raw = _read_all(fd)
-    finally:
-        os.close(fd)
+    raw, st, read_at = current
     key = _stat_key(st)
     if entry is not None and entry.raw == raw:
         entry.key = key
         entry.read_at_ns = read_at
         return entry
-    entry = _CacheEntry(key=key, raw=raw, read_at_ns=read_at)
-    _parse_into(entry, path)
-    _cache_put(path, entry)
-    return entry
+    fresh = _CacheEntry(key=key, raw=raw, read_at_ns=read_at)
+    _parse_into(fresh, path)
+    _cache_put(path, fresh, replacing=entry)
+    return fresh
 
 
 def _parse_into(entry: _CacheEntry, path: Path) -> None:
@@ -892,6 +1272,11 @@ def _apply(
         doc = fresh_doc()
 
 
+def _constant(value: Any) -> Callable[[], Any]:
+    """A shared document needs no fresh copy after a failed function: it was not changed."""
+    return lambda: value
+
+
 def _update(
     path: Path | str,
     fns: Sequence[Callable[[Any], Any]],
@@ -899,38 +1284,59 @@ def _update(
     default: Any,
     new_file_style: JsonStyle,
     isolate: bool,
+    shared: bool = False,
 ) -> list[BatchOutcome]:
+    """The locked read-modify-write behind locked_update*; with `shared`, the functions get the
+    shared cached document (copy-on-write) and what they return is cached as written."""
     path = Path(path).absolute()
     while True:
         fd = _lock_current_file(path)
         if fd is None:
-            outcome = _update_missing(path, fns, default, new_file_style, isolate)
+            outcome = _update_missing(path, fns, default, new_file_style, isolate, shared)
             if outcome is None:
                 continue  # the file appeared meanwhile: update it under its own lock
             return outcome
         try:
             like = os.fstat(fd)
-            raw = _read_all(fd)
+            # Read under the lock, always: a stat key is no proof that PHP did not rewrite the
+            # file in place (same size, same timestamp tick).
+            raw = _read_all(fd, like.st_size)
             entry = _cache_get(path)
             if entry is not None and entry.raw == raw:
                 style = _entry_style(entry)
-                doc = _parse(raw, path) if entry.doc is _UNPARSED else clone_json(entry.doc)
+                if shared:
+                    doc = _entry_doc(entry, path)
+                else:
+                    doc = _parse(raw, path) if entry.doc is _UNPARSED else clone_json(entry.doc)
             else:
                 doc = _parse(raw, path)
-                entry = _CacheEntry(key=_stat_key(like), raw=raw, read_at_ns=time.time_ns())
+                entry = _CacheEntry(
+                    key=_stat_key(like),
+                    raw=raw,
+                    read_at_ns=time.time_ns(),
+                    doc=doc if shared else _UNPARSED,
+                )
                 style = _entry_style(entry)
                 _cache_put(path, entry)
-            new_doc, outcomes, changed = _apply(
-                doc, functools.partial(_parse, raw, path), fns, isolate
-            )
+            fresh_doc = _constant(doc) if shared else functools.partial(_parse, raw, path)
+            new_doc, outcomes, changed = _apply(doc, fresh_doc, fns, isolate)
             if changed:
-                data = _dump_bytes(new_doc, style)
+                node, plain = None, False
+                if shared:
+                    data, node, plain = _encode_pieces(new_doc, style, entry.node, doc)
+                else:
+                    data = _dump_bytes(new_doc, style)
                 if data != raw:
                     st = _replace_atomically(path, data, like)
                     _cache_put(
                         path,
                         _CacheEntry(
-                            key=_stat_key(st), raw=data, read_at_ns=time.time_ns(), style=style
+                            key=_stat_key(st),
+                            raw=data,
+                            read_at_ns=time.time_ns(),
+                            doc=new_doc if plain else _UNPARSED,
+                            style=style,
+                            node=node if plain else None,
                         ),
                     )
             return outcomes
@@ -944,6 +1350,7 @@ def _update_missing(
     default: Any,
     style: JsonStyle,
     isolate: bool,
+    shared: bool,
 ) -> list[BatchOutcome] | None:
     """Update a file that does not exist yet, under a lock on its folder; None: it exists now."""
     if default is _RAISE:
@@ -960,17 +1367,28 @@ def _update_missing(
         fcntl.flock(dir_fd, fcntl.LOCK_EX)
         if path.exists():
             return None
-        new_doc, outcomes, changed = _apply(
-            clone_json(default), lambda: clone_json(default), fns, isolate
-        )
+        start = clone_json(default)
+        fresh_doc = _constant(start) if shared else functools.partial(clone_json, default)
+        new_doc, outcomes, changed = _apply(start, fresh_doc, fns, isolate)
         if changed:
-            data = _dump_bytes(new_doc, style)
+            node, plain = None, False
+            if shared:
+                data, node, plain = _encode_pieces(new_doc, style, None, None)
+            else:
+                data = _dump_bytes(new_doc, style)
             st = _create_exclusively(path, data)
             if st is None:
                 return None
             _cache_put(
                 path,
-                _CacheEntry(key=_stat_key(st), raw=data, read_at_ns=time.time_ns(), style=style),
+                _CacheEntry(
+                    key=_stat_key(st),
+                    raw=data,
+                    read_at_ns=time.time_ns(),
+                    doc=new_doc if plain else _UNPARSED,
+                    style=style,
+                    node=node if plain else None,
+                ),
             )
         return outcomes
     finally:
@@ -1005,6 +1423,36 @@ def locked_update(
     with `fileinode($path)` after `clearstatcache()`, or its write can land on the old inode.)
     """
     outcomes = _update(path, [fn], default=default, new_file_style=new_file_style, isolate=False)
+    return outcomes[0].value
+
+
+def locked_update_shared(
+    path: Path | str,
+    fn: Callable[[Any], Any],
+    *,
+    default: Any = _RAISE,
+    new_file_style: JsonStyle = DEFAULT_STYLE,
+) -> Any:
+    """`locked_update` for many small changes to a big file: nothing is copied, parsed or
+    encoded but what changes.
+
+    `fn` gets the shared cached document, as `read_json_shared` gives it, and must not change
+    it or anything in it: it returns a new document built copy-on-write (new containers where
+    something changes, untouched records shared with the input), or NO_CHANGE. What `fn`
+    returns is written and becomes the shared cached document: neither `fn` nor the caller may
+    change it afterwards (so values put into it must be private copies). In exchange, the next
+    update neither parses the file nor re-encodes what did not change, and readers of
+    `read_json_shared` go on seeing the old document, never a half-updated one. Locking, the
+    inode re-check, atomic replacement, style and errors are those of `locked_update`.
+    """
+    outcomes = _update(
+        path,
+        [fn],
+        default=default,
+        new_file_style=new_file_style,
+        isolate=False,
+        shared=True,
+    )
     return outcomes[0].value
 
 
