@@ -7,7 +7,7 @@ import json
 import click
 
 from provisioner.cli.common import execute, json_option, lock_timeout_option
-from provisioner.engine.pipeline import PipelineError, build
+from provisioner.engine.pipeline import Pipeline, PipelineError, build
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
@@ -41,7 +41,7 @@ def run(
     """Run a registered pipeline with the given parameters."""
     params = _parse_params(pairs)
 
-    def make():  # type: ignore[no-untyped-def]
+    def make() -> Pipeline:
         if not pipeline_name:
             raise PipelineError("a pipeline name is required")
         return build(pipeline_name, params)

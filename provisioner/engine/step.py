@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -131,9 +131,3 @@ class Step(ABC):
         need not override this.
         """
         return {"before": change.before}
-
-
-def iter_reversed_indexed(items: list[Any]) -> Iterator[tuple[int, Any]]:
-    """(index, item) pairs from the last to the first: the order of a rollback."""
-    for index in range(len(items) - 1, -1, -1):
-        yield index, items[index]
