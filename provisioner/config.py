@@ -42,6 +42,9 @@ class Settings:
     lock_timeout: float = 30.0
     # Connect timeout for PostgreSQL in the data layer's request path (seconds).
     pg_connect_timeout: float = 1.0
+    # Longest a data-layer statement may run; a write stuck behind a lock ends in the outbox
+    # instead of holding up every writer of its entity.
+    pg_statement_timeout: float = 5.0
     # While the circuit breaker is open, one request per window may try PostgreSQL again.
     breaker_retry_seconds: float = 5.0
     # The plan's emergency flags: None when unset, so the persisted phase decides.
@@ -143,7 +146,12 @@ def _coerce(values: dict[str, Any]) -> Settings:
         env_name = ENV_PREFIX + name.upper()
         if name in {"state_dir", "data_dir"}:
             kwargs[name] = Path(str(raw)).expanduser()
-        elif name in {"lock_timeout", "pg_connect_timeout", "breaker_retry_seconds"}:
+        elif name in {
+            "lock_timeout",
+            "pg_connect_timeout",
+            "pg_statement_timeout",
+            "breaker_retry_seconds",
+        }:
             kwargs[name] = _parse_float(env_name, raw)
         elif name in {"use_database", "use_json"}:
             kwargs[name] = raw if isinstance(raw, bool) else _parse_bool(name.upper(), str(raw))

@@ -427,3 +427,16 @@ def test_pg_only_writes_keep_where_json_had_the_record(root: Path, dsn: str) -> 
             "SELECT placement FROM operators WHERE operator_id = 'op_jade_001'"
         ).fetchone()[0]
     assert before and after == before
+
+
+def test_a_write_stuck_behind_a_database_lock_ends_in_the_outbox(root: Path, dsn: str) -> None:
+    layer = layer_in(root, dsn, Phase.DUAL_WRITE_READ_JSON, statement_timeout=0.3, retry_seconds=0)
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("SELECT 1 FROM customers WHERE customer_id = 'cust_alice' FOR UPDATE")
+
+        alice_update(layer, 77)  # returns once the statement times out
+
+        assert customers_file(root)["cust_alice"]["billing"]["credits"] == 77
+        assert layer.outbox.depth() == 1
+    assert layer.reconcile() == 1
+    assert pg_record(dsn, "customers", "cust_alice")["billing"]["credits"] == 77

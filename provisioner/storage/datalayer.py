@@ -146,6 +146,7 @@ class DataLayer:
         pg_dsn: str | None = None,
         *,
         connect_timeout: float = 1.0,
+        statement_timeout: float = 5.0,
         retry_seconds: float = 5.0,
         use_database: bool | None = None,
         use_json: bool | None = None,
@@ -154,6 +155,7 @@ class DataLayer:
         self.data_dir = Path(data_dir)
         self.pg_dsn = pg_dsn
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.use_database = use_database
         self.use_json = use_json
         self.pool_size = pool_size
@@ -182,6 +184,7 @@ class DataLayer:
             settings.data_dir,
             settings.pg_dsn,
             connect_timeout=settings.pg_connect_timeout,
+            statement_timeout=settings.pg_statement_timeout,
             retry_seconds=settings.breaker_retry_seconds,
             use_database=settings.use_database,
             use_json=settings.use_json,
@@ -252,6 +255,7 @@ class DataLayer:
                     kwargs={
                         "autocommit": True,
                         "connect_timeout": self._connect_seconds,
+                        "options": f"-c statement_timeout={round(self.statement_timeout * 1000)}",
                     },
                     timeout=self.connect_timeout,
                     reconnect_timeout=60,
