@@ -1328,20 +1328,33 @@ def _update(
                     data = _dump_bytes(new_doc, style)
                 if data != raw:
                     st = _replace_atomically(path, data, like)
-                    _cache_put(
-                        path,
-                        _CacheEntry(
-                            key=_stat_key(st),
-                            raw=data,
-                            read_at_ns=time.time_ns(),
-                            doc=new_doc if plain else _UNPARSED,
-                            style=style,
-                            node=node if plain else None,
-                        ),
-                    )
+                    _cache_written(path, st, data, new_doc, style, node, plain)
             return outcomes
         finally:
             os.close(fd)
+
+
+def _cache_written(
+    path: Path,
+    st: os.stat_result,
+    data: bytes,
+    new_doc: Any,
+    style: JsonStyle,
+    node: Any,
+    plain: bool,
+) -> None:
+    """Remember what we just wrote, so the next update neither reads nor parses it again."""
+    _cache_put(
+        path,
+        _CacheEntry(
+            key=_stat_key(st),
+            raw=data,
+            read_at_ns=time.time_ns(),
+            doc=new_doc if plain else _UNPARSED,
+            style=style,
+            node=node if plain else None,
+        ),
+    )
 
 
 def _update_missing(
@@ -1379,17 +1392,7 @@ def _update_missing(
             st = _create_exclusively(path, data)
             if st is None:
                 return None
-            _cache_put(
-                path,
-                _CacheEntry(
-                    key=_stat_key(st),
-                    raw=data,
-                    read_at_ns=time.time_ns(),
-                    doc=new_doc if plain else _UNPARSED,
-                    style=style,
-                    node=node if plain else None,
-                ),
-            )
+            _cache_written(path, st, data, new_doc, style, node, plain)
         return outcomes
     finally:
         os.close(dir_fd)
