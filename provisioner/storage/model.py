@@ -57,6 +57,17 @@ class StoredRecord:
     placement: dict[str, Any] = field(default_factory=dict)
 
     def without_plaintext(self) -> StoredRecord:
-        """The record as it may enter PostgreSQL: plaintext test passwords removed."""
-        clean = {k: v for k, v in self.data.items() if k not in PLAINTEXT_PASSWORD_FIELDS}
-        return StoredRecord(self.entity, self.key, clean, dict(self.placement))
+        """The record as it may enter PostgreSQL: plaintext test passwords removed at any depth."""
+        return StoredRecord(
+            self.entity, self.key, _strip_plaintext(self.data), dict(self.placement)
+        )
+
+
+def _strip_plaintext(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _strip_plaintext(v) for k, v in value.items() if k not in PLAINTEXT_PASSWORD_FIELDS
+        }
+    if isinstance(value, list):
+        return [_strip_plaintext(v) for v in value]
+    return value

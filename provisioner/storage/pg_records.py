@@ -5,14 +5,21 @@ typed columns, each with a converter both ways. The rule every map obeys (the ro
 
     to_record(from_record(r)) == r.without_plaintext()
 
-exactly: same keys, same values, same Python types, same timestamp strings. It holds for any
-record, not only for the shapes the maps were written for, because it is enforced generically:
-after converting a field to its column value, the converter converts it back; when that is not
-identical (type included) to the original, as for an int `0` in a numeric column or a naive
-timestamp in a column whose usual form is ISO, the original is kept in `extra["__orig__"]`.
+exactly: same keys in the same order, same values, same Python types, same timestamp strings.
+It holds for any record, not only for the shapes the maps were written for, because it is
+enforced generically: after converting a field to its column value, the converter converts it
+back; when that is not identical (type included) to the original, as for an int `0` in a
+numeric column or a naive timestamp in a column whose usual form is ISO, the original is kept
+in `extra["__orig__"]`.
 Fields with no column stay in `extra` as they are (nested fields lifted into columns are taken
 out of their parent there); columns whose field the record lacks are listed in
 `extra["__absent__"]`. The columns still hold the converted value for queries and analytics.
+
+Key order survives too, at every depth, although jsonb reorders object keys and to_record puts
+lifted fields back after the others: every object whose order would not come back by itself
+has its keys listed in `extra["__order__"]` (see _key_orders), and to_record rebuilds it in
+that order. Order is not part of the content hash (equal data hashes equally whatever its
+order); an upsert also rewrites a row whose stored order differs from the one given.
 
 Plaintext test passwords (`model.PLAINTEXT_PASSWORD_FIELDS`, at any depth) are dropped before
 anything is stored, hashed or compared, so they never reach PostgreSQL (REPORT section 4).
@@ -48,7 +55,8 @@ from provisioner.storage.timestamps import TimestampFormat, format_as, parse_tim
 MAPPING_VERSION = 1
 ORIG_KEY = "__orig__"
 ABSENT_KEY = "__absent__"
-_RESERVED_FIELDS = frozenset({ORIG_KEY, ABSENT_KEY})
+ORDER_KEY = "__order__"
+_RESERVED_FIELDS = frozenset({ORIG_KEY, ABSENT_KEY, ORDER_KEY})
 _CONVERSION_ERRORS = (TypeError, ValueError, ArithmeticError)
 
 
@@ -925,7 +933,11 @@ def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 @dataclass(slots=True)
 class RowImage:
-    """One record as the values of its row (unwrapped), and its derived membership rows."""
+    """One record as the values of its row (unwrapped), and its derived membership rows.
+
+    `extra` is the extra column without its key order; `order` (the `__order__` entries, or
+    None when every object comes back in order by itself) joins it when the row is written.
+    """
 
     entity: str
     key: str
@@ -934,6 +946,14 @@ class RowImage:
     placement: dict[str, Any]
     content_hash: str
     memberships: list[tuple[Any, ...]] = field(default_factory=list)
+    order: list[list[Any]] | None = None
+
+    @property
+    def stored_extra(self) -> dict[str, Any]:
+        """The extra column as written: `extra`, plus `__order__` when there is one."""
+        if self.order is None:
+            return self.extra
+        return {**self.extra, ORDER_KEY: self.order}
 
     def params(self) -> list[Any]:
         """The row as query parameters, in EntityMap.written_columns order."""
@@ -942,11 +962,19 @@ class RowImage:
             c.type.wrap(v) if c.type.wrap else v
             for c, v in zip(mapping.columns, self.values, strict=True)
         ]
-        return [self.key, *wrapped, Jsonb(self.extra), Jsonb(self.placement), self.content_hash]
+        return [
+            self.key,
+            *wrapped,
+            Jsonb(self.stored_extra),
+            Jsonb(self.placement),
+            self.content_hash,
+        ]
 
     def selected(self) -> tuple[Any, ...]:
-        """The row as a SELECT of EntityMap.selected_columns returns it (for checks in Python)."""
-        return (self.key, *self.values, json.loads(json.dumps(self.extra)), dict(self.placement))
+        """The row as a SELECT of EntityMap.selected_columns returns it (for checks in Python;
+        objects keep their Python key order here, where jsonb would sort them)."""
+        extra = json.loads(json.dumps(self.stored_extra))
+        return (self.key, *self.values, extra, dict(self.placement))
 
 
 _MISSING = object()
@@ -970,6 +998,119 @@ def _lifted(entity: str) -> _Lifted:
     )
 
 
+_Path = tuple[str | int, ...]
+
+
+@functools.cache
+def _lifted_leaves(entity: str) -> dict[_Path, tuple[str, ...]]:
+    """Per object path holding lifted fields, their names in the order to_record sets them
+    back (after the object's other keys): the key field first, then the columns in map order."""
+    mapping = ENTITY_MAPS[entity]
+    leaves: dict[_Path, list[str]] = {}
+    if mapping.key_field:
+        leaves[()] = [mapping.key_field]
+    for column in mapping.columns:
+        leaves.setdefault(column.path[:-1], []).append(column.path[-1])
+    return {path: tuple(names) for path, names in leaves.items()}
+
+
+def _jsonb_key(name: str) -> tuple[int, str]:
+    """How jsonb orders object keys: shorter (in UTF-8 bytes) first, then bytewise, which for
+    valid Unicode is code point order, Python's string order."""
+    return (len(name.encode("utf-8")), name)
+
+
+def _jsonb_order(names: list[str]) -> list[str]:
+    """`names` in jsonb order. For ASCII names (nearly all) two sorts done in C give it: by
+    name, then, stably, by length."""
+    if "".join(names).isascii():
+        return sorted(sorted(names), key=len)
+    return sorted(names, key=_jsonb_key)
+
+
+# Keyed by the shape of an object, which records of one entity share: a write checks each
+# shape once, then pays a lookup per object.
+@functools.lru_cache(maxsize=8192)
+def _comes_back_in_order(lifted: tuple[str, ...] | None, keys: tuple[str, ...]) -> bool:
+    """Whether an object with `keys`, in this order, comes back from to_record in the same
+    order with no help: its keys in jsonb order, then those of `lifted` (the fields lifted
+    out of it, in the order to_record sets them back) it holds."""
+    names = list(keys)
+    present = [name for name in lifted if name in keys] if lifted else []
+    if present:
+        rest = [name for name in names if name not in present]
+        return _jsonb_order(rest) + present == names
+    return _jsonb_order(names) == names
+
+
+def _key_orders(
+    obj: dict[str, Any],
+    path: _Path,
+    leaves: dict[_Path, tuple[str, ...]],
+    out: list[list[Any]],
+) -> None:
+    """Append `[path, keys]` to `out` for `obj` and every object inside it whose key order
+    to_record would not rebuild by itself.
+
+    Without help, an object comes back with its keys in jsonb order, except that the fields
+    lifted out of it (`leaves`, for the record itself and parents of nested columns) come
+    after the others, in map order. The path is a JSON array (object keys as strings, list
+    indices as ints), so it is unambiguous whatever the field names hold.
+    """
+    if len(obj) > 1:
+        keys = tuple(obj)
+        if not _comes_back_in_order(leaves.get(path), keys):
+            out.append([list(path), list(keys)])
+    for name, item in obj.items():
+        kind = type(item)
+        if kind is dict:
+            _key_orders(item, (*path, name), leaves, out)
+        elif kind is list:
+            _list_key_orders(item, (*path, name), leaves, out)
+
+
+def _list_key_orders(
+    items: list[Any], path: _Path, leaves: dict[_Path, tuple[str, ...]], out: list[list[Any]]
+) -> None:
+    """_key_orders for the objects inside a list (lists themselves keep their order)."""
+    for index, item in enumerate(items):
+        kind = type(item)
+        if kind is dict:
+            _key_orders(item, (*path, index), leaves, out)
+        elif kind is list:
+            _list_key_orders(item, (*path, index), leaves, out)
+
+
+def _child(node: Any, step: Any) -> Any:
+    """The item `step` (a key or a list index) of `node`, or None when there is none."""
+    if type(step) is str and type(node) is dict:
+        return node.get(step)
+    if type(step) is int and type(node) is list and 0 <= step < len(node):
+        return node[step]
+    return None
+
+
+def _restore_key_orders(data: dict[str, Any], orders: Any) -> None:
+    """Reorder, in place, each object `orders` lists; keys it does not list (none should)
+    go last in their current order, and a path that leads nowhere is passed over."""
+    if not isinstance(orders, list):
+        return
+    for entry in orders:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
+            continue
+        path, keys = entry
+        node: Any = data
+        for step in path:
+            node = _child(node, step)
+        if type(node) is not dict or not isinstance(keys, list):
+            continue
+        ordered = {name: node[name] for name in keys if type(name) is str and name in node}
+        if len(ordered) != len(node):
+            ordered.update((name, value) for name, value in node.items() if name not in ordered)
+        node.clear()
+        node.update(ordered)
+
+
 def from_record(record: StoredRecord) -> RowImage:
     """The row image of `record`: plaintext dropped, fields lifted into typed columns."""
     mapping = entity_map(record.entity)
@@ -983,13 +1124,15 @@ def from_record(record: StoredRecord) -> RowImage:
         raise RecordMappingError(f"{where}: data must be an object, not {type(raw).__name__}")
     if not isinstance(raw_placement, dict):
         raise RecordMappingError(f"{where}: placement must be an object")
-    if ORIG_KEY in raw or ABSENT_KEY in raw:
+    if ORIG_KEY in raw or ABSENT_KEY in raw or ORDER_KEY in raw:
         reserved = sorted(_RESERVED_FIELDS & raw.keys())
         raise RecordMappingError(f"{where}: field name(s) {reserved} are reserved")
     data: dict[str, Any] = _clean(raw, where)
     placement: dict[str, Any] = _clean(raw_placement, f"{where} placement") if raw_placement else {}
     content_hash = _content_hash(key, data, placement)
     memberships = mapping.memberships.derive(key, data) if mapping.memberships else []
+    orders: list[list[Any]] = []
+    _key_orders(data, (), _lifted_leaves(record.entity), orders)
 
     # From here `data` is consumed into what remains for `extra`.
     orig: dict[str, Any] = {}
@@ -1025,7 +1168,9 @@ def from_record(record: StoredRecord) -> RowImage:
         data[ORIG_KEY] = orig
     if absent:
         data[ABSENT_KEY] = absent
-    return RowImage(record.entity, key, values, data, placement, content_hash, memberships)
+    return RowImage(
+        record.entity, key, values, data, placement, content_hash, memberships, orders or None
+    )
 
 
 def to_record(entity: str, row: tuple[Any, ...]) -> StoredRecord:
@@ -1036,6 +1181,7 @@ def to_record(entity: str, row: tuple[Any, ...]) -> StoredRecord:
     placement: dict[str, Any] = dict(row[-1])
     orig: dict[str, Any] = data.pop(ORIG_KEY, {})
     absent = set(data.pop(ABSENT_KEY, ()))
+    orders = data.pop(ORDER_KEY, None)
     if mapping.key_field and mapping.key_field not in absent:
         data[mapping.key_field] = orig.get(mapping.key_field, key)
     for column, stored in zip(mapping.columns, values, strict=True):
@@ -1043,6 +1189,8 @@ def to_record(entity: str, row: tuple[Any, ...]) -> StoredRecord:
         if name in absent:
             continue
         _set_path(data, column.path, orig[name] if name in orig else column.type.from_db(stored))
+    if orders:
+        _restore_key_orders(data, orders)
     return StoredRecord(entity, key, data, placement)
 
 
@@ -1132,8 +1280,9 @@ def _statements(entity: str) -> _Statements:
     )
     on_conflict_count = sql.SQL(
         "ON CONFLICT ({pk}) DO UPDATE SET {updates}, stored_at = now() "
-        "WHERE {table}.content_hash IS DISTINCT FROM EXCLUDED.content_hash"
-    ).format(pk=pk, updates=updates, table=table)
+        "WHERE {table}.content_hash IS DISTINCT FROM EXCLUDED.content_hash "
+        "OR {table}.extra -> {order} IS DISTINCT FROM EXCLUDED.extra -> {order}"
+    ).format(pk=pk, updates=updates, table=table, order=sql.Literal(ORDER_KEY))
     on_conflict = on_conflict_count + sql.SQL(" RETURNING {pk}").format(pk=pk)
     # Every row of a write travels in ONE parameter, a JSON array of objects keyed by column:
     # one statement, one parse and one round trip per batch whatever its size, where a
@@ -1257,7 +1406,7 @@ def _rows_param(entity: str, images: Iterable[RowImage]) -> str:
     names, converted = _row_layout(entity)
     rows = []
     for image in images:
-        values = [image.key, *image.values, image.extra, image.placement, image.content_hash]
+        values = [image.key, *image.values, image.stored_extra, image.placement, image.content_hash]
         for index, to_json in converted:
             value = values[index]
             if value is not None:
@@ -1296,13 +1445,13 @@ def _statement_is_atomic(conn: psycopg.Connection) -> bool:
 def upsert_records(conn: psycopg.Connection, records: Iterable[StoredRecord]) -> int:
     """Insert or update `records` (any entities) atomically; return the rows written.
 
-    Idempotent: a record whose content hash matches its row is not written at all (the count
-    excludes it, and the row keeps its xmin); with one key several times, the last record is
-    the one stored. Memberships are rewritten, in the same transaction, only for the records
-    whose row changed. One statement per entity: records of one entity without memberships
-    (messages, the hot path) are a single statement, run without a transaction of its own
-    when the connection is in autocommit or already in a transaction; anything else runs in
-    one transaction (a savepoint within the caller's).
+    Idempotent: a record whose content hash and field order match its row is not written at
+    all (the count excludes it, and the row keeps its xmin); with one key several times, the
+    last record is the one stored. Memberships are rewritten, in the same transaction, only for
+    the records whose row changed. One statement per entity: records of one entity without
+    memberships (messages, the hot path) are a single statement, run without a transaction of
+    its own when the connection is in autocommit or already in a transaction; anything else
+    runs in one transaction (a savepoint within the caller's).
     """
     groups = _images_by_entity(records)
     if not groups:
