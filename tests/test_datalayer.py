@@ -440,3 +440,9 @@ def test_a_write_stuck_behind_a_database_lock_ends_in_the_outbox(root: Path, dsn
         assert layer.outbox.depth() == 1
     assert layer.reconcile() == 1
     assert pg_record(dsn, "customers", "cust_alice")["billing"]["credits"] == 77
+
+
+def test_the_layer_is_importable_from_the_storage_package() -> None:
+    from provisioner.storage import DataLayer as Exported
+
+    assert Exported is DataLayer

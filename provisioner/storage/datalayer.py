@@ -116,27 +116,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() // 1_000_000:x}{_PROCESS_TOKEN}{next(_ID_COUNTER):x}"
 
 
-# The field that holds each entity's id inside a record, for records saved without a key.
-ID_FIELDS: dict[str, str] = {
-    "sites": "site_id",
-    "customers": "customer_id",
-    "operators": "id",
-    "chat_rooms": "room_id",
-    "room_messages": "message_id",
-    "room_invites": "invite_id",
-    "conversations": "conversation_id",
-    "messages": "message_id",
-    "content_items": "content_id",
-    "content_purchases": "purchase_id",
-    "notifications": "notification_id",
-    "transactions": "transaction_id",
-    "operator_requests": "request_id",
-    "customer_activity": "id",
-    "id_verifications": "verification_id",
-    "verification_codes": "code",
-}
-
-
 class DataLayer:
     """The one entry point for AEIMS data. Thread-safe; one per process and data folder."""
 
@@ -557,7 +536,7 @@ class DataLayer:
 
     @staticmethod
     def _key_of(entity: str, data: dict[str, Any]) -> str:
-        field = ID_FIELDS.get(entity)
+        field = AeimsJsonStore.spec(entity).file.id_field  # one catalog for both sides
         if field is None:
             raise ValueError(f"{entity} records are keyed by login or name: pass key=")
         value = data.get(field)

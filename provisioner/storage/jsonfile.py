@@ -987,30 +987,17 @@ def _read_current(path: Path) -> tuple[bytes, os.stat_result, int] | None:
     known to be on disk, read under LOCK_SH.
 
     PHP's safeFileWrite truncates and rewrites in place under LOCK_EX: the shared lock keeps
-    this read from seeing a half-written file. A writer that renames (ours) replaces the inode
-    while a reader waits for the lock on the old one: the reader then checks that it holds the
-    file that is at the path now, and reads that one instead.
+    this read from seeing a half-written file.
     """
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            st = os.fstat(fd)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is not None and (st.st_dev, st.st_ino) == (
-                current.st_dev,
-                current.st_ino,
-            ):
-                read_at = time.time_ns()
-                return _read_all(fd, st.st_size), st, read_at
-        finally:
-            os.close(fd)
+    fd = _lock_current_file(path, fcntl.LOCK_SH)
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+        read_at = time.time_ns()
+        return _read_all(fd, st.st_size), st, read_at
+    finally:
+        os.close(fd)
 
 
 def _load_entry(path: Path) -> _CacheEntry | None:
@@ -1204,8 +1191,9 @@ class BatchOutcome:
         return self.error is None
 
 
-def _lock_current_file(path: Path) -> int | None:
-    """An fd of the file now at `path`, held under LOCK_EX; None when the file does not exist.
+def _lock_current_file(path: Path, mode: int = fcntl.LOCK_EX) -> int | None:
+    """An fd of the file now at `path`, held under `mode` (LOCK_EX or LOCK_SH); None when the
+    file does not exist.
 
     After a writer's os.replace, a waiter that then gets the lock holds it on the *old* inode,
     which is no longer the file: it checks that its fd is still the file at `path`, and if not,
@@ -1217,7 +1205,7 @@ def _lock_current_file(path: Path) -> int | None:
         except FileNotFoundError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, mode)
             mine = os.fstat(fd)
             try:
                 current = os.stat(path)
