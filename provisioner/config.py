@@ -3,19 +3,42 @@
 Environment wins over the file so an operator (or Ansible) can override one value for one run.
 Secrets (the DSN's password, tokens) come only from the environment or from files named by it;
 `Settings.redacted()` is the only form that may be printed.
+
+Every value is checked when loaded (type, finite range, path kind, connection-string syntax), so
+a command with a bad setting stops before its first step with one line naming the setting; a
+message never quotes a connection string, since the parser's own messages carry its password.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from provisioner.engine.redact import redact_dsn
+
 ENV_PREFIX = "PROVISION_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+JOURNAL_CHOICES = ("auto", "files", "postgres")
+CONNINFO_DOCS = "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING"
+
+__all__ = [
+    "ENV_PREFIX",
+    "JOURNAL_CHOICES",
+    "REPO_ROOT",
+    "SECONDS_BOUNDS",
+    "ConfigError",
+    "Settings",
+    "check_seconds",
+    "load_settings",
+    "redact_dsn",
+]
 
 
 class ConfigError(ValueError):
@@ -50,6 +73,14 @@ class Settings:
     # The plan's emergency flags: None when unset, so the persisted phase decides.
     use_database: bool | None = None
     use_json: bool | None = None
+    # Longest one database statement of a step may run (a step stuck behind a row lock also
+    # gives up after the run's lock timeout).
+    step_statement_timeout: float = 120.0
+    # Where runs are journaled and locked: "auto" (PostgreSQL when pg_dsn is set, else files),
+    # "files" (always local: a migration must roll back while its database is down), "postgres".
+    journal: str = "auto"
+    # This web host's name in host-scoped locks and runs (default: the machine's hostname).
+    host_name: str = ""
     # Extra modules that register pipelines (for operators' own steps, and the tests).
     pipeline_modules: tuple[str, ...] = ()
 
@@ -72,92 +103,312 @@ class Settings:
         return out
 
 
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)([^@\s]+)(@)")
+# (lowest, highest, whether 0 itself is allowed): a NaN or an infinite wait never ends, and a
+# zero connect or statement timeout means "no timeout" to PostgreSQL.
+SECONDS_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "lock_timeout": (0.0, 86_400.0, True),
+    "pg_connect_timeout": (0.0, 300.0, False),
+    "pg_statement_timeout": (0.0, 3_600.0, False),
+    "breaker_retry_seconds": (0.0, 3_600.0, False),
+    "step_statement_timeout": (0.0, 86_400.0, False),
+}
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-def redact_dsn(dsn: str) -> str:
-    """Mask the password in a key=value or URL DSN so it can appear in logs and output."""
-    dsn = _PASSWORD_KV.sub(r"\1***", dsn)
-    return _PASSWORD_URL.sub(r"\1***\3", dsn)
+def _shown(value: Any) -> str:
+    """A value as it may appear in a one-line message: quoted, escaped, and cut short."""
+    text = repr(value) if isinstance(value, str) else repr(str(value))
+    return text if len(text) <= 60 else text[:57] + "...'"
 
 
-def _parse_bool(name: str, raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+def _kind(value: Any) -> str:
+    """What a TOML value is, in the words a message uses."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
 
 
-def _parse_float(name: str, raw: Any) -> float:
+def _text(label: str, raw: Any, wanted: str = "a string") -> str:
+    if not isinstance(raw, str):
+        raise ConfigError(f"{label} must be {wanted}, not {_kind(raw)}; fix its value")
+    if "\x00" in raw:
+        raise ConfigError(f"{label} holds a NUL character; remove it")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{label} is not valid UTF-8 text; set it again as text") from None
+    return raw
+
+
+def check_seconds(name: str, raw: Any, label: str | None = None) -> float:
+    """A duration setting (or option) as a finite number within its bounds."""
+    label = label or ENV_PREFIX + name.upper()
+    low, high, zero_ok = SECONDS_BOUNDS[name]
+    example = f"; use a number such as {getattr(Settings, name):g}"
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ConfigError(f"{label} must be a number of seconds, not {_kind(raw)}{example}")
     try:
         value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} must not be negative")
+    except ValueError:
+        raise ConfigError(f"{label}={_shown(raw)} is not a number of seconds{example}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{label}={_shown(raw)} is not a finite number of seconds{example}")
+    if value < low or (value == low and not zero_ok) or value > high:
+        lowest = "from 0" if zero_ok else "more than 0"
+        raise ConfigError(
+            f"{label}={_shown(raw)} is out of range: use {lowest} up to {high:g} seconds"
+        )
     return value
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _parse_bool(label: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    lowered = _text(label, raw, "true or false").strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{label}={_shown(raw)} is not a boolean; use true or false")
+
+
+def _parse_path(label: str, raw: Any) -> Path:
+    text = _text(label, raw, "a path (a string)")
+    if not text.strip():
+        raise ConfigError(f"{label} is empty; set it to a folder or leave it unset")
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the file or remove it") from None
-    if "pg_dsn" in data and "password=" in str(data["pg_dsn"]).lower():
+        return Path(text).expanduser()
+    except RuntimeError as exc:  # ~user that does not exist, or no HOME
+        reason = str(exc).rstrip(".")
+        raise ConfigError(f"{label}={_shown(raw)}: {reason}; use an absolute path") from None
+
+
+def _check_folder(label: str, path: Path, writable: bool) -> None:
+    """A folder, or a path one could create as a folder; nothing is created here."""
+    probe = path
+    while True:
+        try:
+            is_dir = probe.is_dir()
+            exists = is_dir or probe.exists()
+        except OSError as exc:
+            raise ConfigError(
+                f"{label}={_shown(str(path))}: cannot inspect {probe} ({exc.strerror or exc}); "
+                "point it at a folder this user can reach"
+            ) from None
+        if exists and not is_dir:
+            where = "is" if probe == path else f"cannot be created: {probe} is"
+            raise ConfigError(
+                f"{label}={_shown(str(path))} {where} a file, not a folder; point it at a folder"
+            )
+        if exists:
+            break
+        parent = probe.parent if probe.is_absolute() else (Path.cwd() / probe).parent
+        if parent == probe:
+            break
+        probe = parent
+    if writable and not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else f"cannot be created in {probe}"
         raise ConfigError(
-            f"{path}: pg_dsn holds a password; keep secrets out of files: set PROVISION_PG_DSN "
-            "in the environment or use a ~/.pgpass file"
+            f"{label}={_shown(str(path))} {what} by this user; "
+            "point it at a folder this user can write, or fix its permissions"
         )
-    return data
+
+
+def _parse_journal(label: str, raw: Any) -> str:
+    value = _text(label, raw).strip().lower()
+    if value not in JOURNAL_CHOICES:
+        raise ConfigError(
+            f"{label}={_shown(raw)} is not known; use one of {', '.join(JOURNAL_CHOICES)}"
+        )
+    return value
+
+
+def _parse_host_name(label: str, raw: Any) -> str:
+    value = _text(label, raw).strip()
+    if value and not _HOST_NAME.match(value):
+        raise ConfigError(
+            f"{label}={_shown(raw)} is not a host name; use letters, digits, '.', '-' and '_'"
+        )
+    return value
+
+
+def _parse_modules(label: str, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, list):
+        items = [_text(label, item, "an array of module names") for item in raw]
+    else:
+        items = _text(label, raw, "module names").replace(",", " ").split()
+    for item in items:
+        if not _MODULE.match(item):
+            raise ConfigError(
+                f"{label}: {_shown(item)} is not a module name; use dotted names like "
+                "mypackage.pipelines"
+            )
+    return tuple(items)
+
+
+def _dsn_reason(message: str, keywords: list[str]) -> str:
+    """What is wrong with a connection string, without any part of its value.
+
+    libpq's messages quote the offending text, which may be the password (`password=a b`
+    leaves `b` as a stray word); only an option name that is a near miss of a real one is
+    named, since that is a typo and not a secret.
+    """
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    if first.startswith('missing "="'):
+        return "a word without '=' (write key=value, and quote a value with spaces: key='a b')"
+    if first.startswith("unterminated quoted string"):
+        return "a quote that is never closed"
+    if first.startswith(("invalid connection option", "invalid URI query parameter")):
+        name = first.split('"')[1] if first.count('"') >= 2 else ""
+        near = difflib.get_close_matches(name, keywords, n=1, cutoff=0.6)
+        if near and re.fullmatch(r"[a-z_]{1,40}", name):
+            return f"unknown option {name} (did you mean {near[0]}?)"
+        return "an unknown option"
+    if first.startswith("invalid percent-encoded token"):
+        return "a bad percent-escape (write %XX with two hex digits)"
+    if first.startswith("unexpected spaces found"):
+        return "a space inside the URL (write it as %20)"
+    if "IPv6" in first:
+        return "an IPv6 address without its closing ']'"
+    return "it does not parse"
+
+
+def _parse_dsn(label: str, raw: Any) -> tuple[str, dict[str, str]]:
+    """The connection string and its options, parsed as libpq will (psycopg is imported only
+    when one is set, so commands without a database do not pay for it)."""
+    text = _text(label, raw)
+    from psycopg import conninfo, pq
+
+    keywords = [d.keyword.decode() for d in pq.Conninfo.get_defaults()]
+    try:
+        parsed = conninfo.conninfo_to_dict(text)
+    except Exception as exc:  # psycopg.ProgrammingError, or anything libpq rejects
+        raise ConfigError(
+            f"{label} is not a valid connection string: {_dsn_reason(str(exc), keywords)}; "
+            f"see {CONNINFO_DOCS}"
+        ) from None
+    for key in ("port", "connect_timeout"):
+        value = str(parsed.get(key, "0"))
+        if not all(part.strip().isdigit() for part in value.split(",")):
+            raise ConfigError(
+                f"{label} is not a valid connection string: {key} must be a whole number; "
+                f"see {CONNINFO_DOCS}"
+            )
+    return text, {k: str(v) for k, v in parsed.items()}
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "state_dir": _parse_path,
+    "data_dir": _parse_path,
+    "pg_dsn": lambda label, raw: _parse_dsn(label, raw)[0],
+    "use_database": _parse_bool,
+    "use_json": _parse_bool,
+    "journal": _parse_journal,
+    "host_name": _parse_host_name,
+    "pipeline_modules": _parse_modules,
+    **{
+        name: (lambda n: lambda label, raw: check_seconds(n, raw, label))(name)
+        for name in SECONDS_BOUNDS
+    },
+}
+
+
+def _read_toml(path: Path) -> dict[str, tuple[str, Any]]:
+    """The file's settings, parsed and labelled, or a ConfigError naming what is wrong.
+
+    The whole file is checked, values the environment overrides included: a broken file is
+    reported before it bites on the day the override is removed.
+    """
+    fix = "fix the file, or point PROVISION_CONFIG at another one"
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a settings file; {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror or exc}); {fix}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; {fix}") from None
+    except tomllib.TOMLDecodeError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise ConfigError(f"{path}: not valid TOML ({reason}); {fix}") from None
+    unknown = sorted(_shown(k) for k in set(data) - set(_PARSERS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_PARSERS))}"
+        )
+    values: dict[str, tuple[str, Any]] = {}
+    for name, raw in data.items():
+        label = f"{path}: {name}"
+        if name == "pg_dsn":
+            text, parsed = _parse_dsn(label, raw)
+            if parsed.get("password") or parsed.get("sslpassword"):
+                raise ConfigError(
+                    f"{path}: pg_dsn holds a password; keep secrets out of files: set "
+                    "PROVISION_PG_DSN in the environment or use a ~/.pgpass file"
+                )
+            values[name] = (label, text)
+        else:
+            values[name] = (label, _PARSERS[name](label, raw))
+    return values
+
+
+def _config_path(env: dict[str, str], config_file: Path | None) -> Path | None:
+    """The settings file to read: one named explicitly must exist; ./provision.toml may not."""
+    if config_file is not None:
+        return config_file if config_file.exists() else None
+    named = env.get(f"{ENV_PREFIX}CONFIG", "")
+    if named:
+        path = Path(_text(f"{ENV_PREFIX}CONFIG", named)).expanduser()
+        if not path.exists():
+            raise ConfigError(
+                f"{ENV_PREFIX}CONFIG={_shown(named)} does not exist; create it, fix the path, "
+                "or unset PROVISION_CONFIG"
+            )
+        return path
+    default = Path("provision.toml")
+    return default if default.exists() else None
 
 
 def load_settings(env: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
-    """Build Settings from provision.toml (if any) and then the environment."""
+    """Build Settings from provision.toml (if any) and then the environment, all checked.
+
+    `config_file` stands in for ./provision.toml (it may be missing); PROVISION_CONFIG must name
+    a file that exists.
+    """
     env = dict(os.environ if env is None else env)
-    values: dict[str, Any] = {}
-    toml_path = config_file or Path(env.get(f"{ENV_PREFIX}CONFIG", "provision.toml"))
-    if toml_path.is_file():
-        values.update(_read_toml(toml_path))
+    toml_path = _config_path(env, config_file)
+    values = _read_toml(toml_path) if toml_path is not None else {}
     for f in fields(Settings):
         key = ENV_PREFIX + f.name.upper()
-        if key in env and env[key] != "":
-            values[f.name] = env[key]
+        if env.get(key, "") != "":
+            values[f.name] = (key, _PARSERS[f.name](key, env[key]))
     # The plan's flags keep their historical names.
     for flag in ("USE_DATABASE", "USE_JSON"):
         if env.get(flag, "") != "":
-            values[flag.lower()] = _parse_bool(flag, env[flag])
-    return _coerce(values)
+            values[flag.lower()] = (flag, _parse_bool(flag, env[flag]))
+    return _checked(values)
 
 
-def _coerce(values: dict[str, Any]) -> Settings:
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
+def _checked(values: dict[str, tuple[str, Any]]) -> Settings:
+    """Settings from parsed values, once what spans several values or the disk holds."""
+    settings = replace(Settings(), **{name: value for name, (_, value) in values.items()})
+    label = {name: label for name, (label, _) in values.items()}
+    _check_folder(label.get("state_dir", f"{ENV_PREFIX}STATE_DIR"), settings.state_dir, True)
+    if settings.data_dir is not None:
+        _check_folder(label["data_dir"], settings.data_dir, False)
+    if settings.journal == "postgres" and not settings.pg_dsn:
         raise ConfigError(
-            f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            f"{label['journal']}=postgres needs PROVISION_PG_DSN; set it, or use "
+            "PROVISION_JOURNAL=files"
         )
-    settings = Settings()
-    kwargs: dict[str, Any] = {}
-    for name, raw in values.items():
-        env_name = ENV_PREFIX + name.upper()
-        if name in {"state_dir", "data_dir"}:
-            kwargs[name] = Path(str(raw)).expanduser()
-        elif name in {
-            "lock_timeout",
-            "pg_connect_timeout",
-            "pg_statement_timeout",
-            "breaker_retry_seconds",
-        }:
-            kwargs[name] = _parse_float(env_name, raw)
-        elif name in {"use_database", "use_json"}:
-            kwargs[name] = raw if isinstance(raw, bool) else _parse_bool(name.upper(), str(raw))
-        elif name == "pipeline_modules":
-            items = raw if isinstance(raw, list) else str(raw).replace(",", " ").split()
-            kwargs[name] = tuple(str(i) for i in items)
-        else:
-            kwargs[name] = str(raw) if raw is not None else None
-    return replace(settings, **kwargs)
+    return settings

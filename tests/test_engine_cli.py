@@ -215,3 +215,14 @@ def test_bad_input_exits_2_and_changes_nothing(env: dict[str, str], tmp_path: Pa
     missing = provision(env, "runs", "show", "20990101-000000-abcdef")
     assert missing.returncode == 2
     assert json.loads(provision(env, "runs", "list", "--json").stdout) == []
+
+
+def test_scope_option_runs_only_the_host_steps(env: dict[str, str], tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    done = provision(env, "run", "engine-test", "--scope", "host", "--json", *params(work, env))
+
+    assert done.returncode == 0, done.stderr
+    assert [s["name"] for s in json.loads(done.stdout)["steps"]] == ["first", "second"]
+    if "PROVISION_PG_DSN" in env:
+        with psycopg.connect(env["PROVISION_PG_DSN"]) as conn:
+            assert conn.execute("SELECT to_regclass('engine_rows')").fetchone()[0] is None

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from provisioner.cli.common import EXIT_USAGE, fail, json_option, settings_or_exit
-from provisioner.engine.output import dumps
-from provisioner.storage.datalayer import DataLayer, DataUnavailable
-from provisioner.storage.phase import PhaseError
+
+if TYPE_CHECKING:
+    from provisioner.storage.datalayer import DataLayer
 
 EXIT_DEGRADED = 1
 
 
 def _layer(as_json: bool) -> DataLayer:
+    """The data layer on an existing AEIMS root; a missing root is bad input, not an empty one."""
+    from provisioner.storage.datalayer import DataLayer
+
     settings = settings_or_exit(as_json)
+    if settings.data_dir is not None and not settings.data_dir.is_dir():
+        fail(
+            f"PROVISION_DATA_DIR={str(settings.data_dir)!r} does not exist; point it at the "
+            "AEIMS application root (the folder holding data/*.json)",
+            EXIT_USAGE,
+            as_json,
+        )
     try:
         return DataLayer.from_settings(settings)
     except ValueError as exc:
@@ -42,6 +53,9 @@ def data() -> None:
 @json_option
 def health(as_json: bool) -> None:
     """Phase, database reachability, circuit breaker and outbox depth; exit 1 when degraded."""
+    from provisioner.cli.output import dumps
+    from provisioner.storage.phase import PhaseError
+
     layer = _layer(as_json)
     try:
         report = layer.health()
@@ -74,6 +88,9 @@ def health(as_json: bool) -> None:
 @json_option
 def reconcile(as_json: bool) -> None:
     """Replay the outbox into PostgreSQL now (it drains by itself too once the database is back)."""
+    from provisioner.cli.output import dumps
+    from provisioner.storage.datalayer import DataUnavailable
+
     layer = _layer(as_json)
     try:
         applied = layer.reconcile()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from provisioner.cli.common import execute, json_option, lock_timeout_option
-from provisioner.engine.pipeline import build
+
+if TYPE_CHECKING:
+    from provisioner.config import Settings
+    from provisioner.engine.pipeline import Pipeline
 
 
 @click.command("demo")
@@ -18,9 +23,10 @@ from provisioner.engine.pipeline import build
 @lock_timeout_option
 def demo(name: str, message: str, plan: bool, as_json: bool, lock_timeout: float | None) -> None:
     """Write a greeting row to PostgreSQL and render it into a page, as one reversible run."""
-    execute(
-        lambda: build("demo", {"name": name, "message": message}),
-        plan=plan,
-        as_json=as_json,
-        lock_timeout=lock_timeout,
-    )
+
+    def make(settings: Settings) -> Pipeline:
+        from provisioner.engine.pipeline import build
+
+        return build("demo", {"name": name, "message": message}, settings)
+
+    execute(make, plan=plan, as_json=as_json, lock_timeout=lock_timeout)

@@ -4,28 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from provisioner.devstack.errors import DevStackError
-from provisioner.devstack.stack import DevStack, render_exports
+if TYPE_CHECKING:
+    from provisioner.devstack.stack import DevStack
 
 EXIT_NOT_RUNNING = 1
 EXIT_ERROR = 2
 
 
-def _fail(exc: DevStackError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
+def _fail(exc: Exception) -> NoReturn:
+    click.echo(f"error: {' '.join(str(exc).split())}", err=True)
     raise SystemExit(EXIT_ERROR)
 
 
 def _stack(ctx: click.Context) -> DevStack:
-    return ctx.find_object(DevStack) or DevStack.default()
+    """The stack named by --state-dir, or the one under the settings' state folder."""
+    from provisioner.config import ConfigError
+    from provisioner.devstack.stack import DevStack
+
+    found = ctx.find_object(DevStack)
+    if found is not None:
+        return found
+    try:
+        return DevStack.default()
+    except ConfigError as exc:
+        _fail(exc)
 
 
 def _guarded(action: Callable[[], Any]) -> Any:
     """Run a stack operation, turning a DevStackError into its message and exit status 2."""
+    from provisioner.devstack.errors import DevStackError
+
     try:
         return action()
     except DevStackError as exc:
@@ -56,6 +68,8 @@ def _print_table(stack: DevStack) -> bool:
 def dev(ctx: click.Context, state_dir: Path | None) -> None:
     """Start, stop and inspect the local stack (PostgreSQL, nginx, pebble, moto) on loopback."""
     if state_dir is not None:
+        from provisioner.devstack.stack import DevStack
+
         ctx.obj = DevStack(state_dir)
 
 
@@ -93,6 +107,8 @@ def status(ctx: click.Context) -> None:
 @click.pass_context
 def env(ctx: click.Context) -> None:
     """Print `export` lines for the stack: eval "$(provision dev env)"."""
+    from provisioner.devstack.stack import render_exports
+
     click.echo(render_exports(_guarded(_stack(ctx).env)), nl=False)
 
 

@@ -5,16 +5,12 @@ from __future__ import annotations
 import click
 
 from provisioner.cli.common import (
-    EXIT_USAGE,
-    fail,
     json_option,
     lock_timeout_option,
     print_result,
     runner_for,
     settings_or_exit,
 )
-from provisioner.engine.journal import JournalError
-from provisioner.engine.output import dumps, run_record_json
 
 
 @click.group("runs")
@@ -27,18 +23,27 @@ def runs() -> None:
 @json_option
 def list_runs(limit: int, as_json: bool) -> None:
     """The most recent runs, newest last."""
+    from provisioner.cli.output import dumps
+
     settings = settings_or_exit(as_json)
     with runner_for(settings, as_json, None) as runner:
         records = runner.journal.runs(limit)
         rows = [(r, str(runner.status_of(r))) for r in records]
     if as_json:
-        click.echo(dumps([{**r.summary_line(), "status": status} for r, status in rows]))
+        listed = []
+        for record, status in rows:
+            line = {**record.summary_line(), "status": status}
+            if record.error:
+                line["error"] = record.error
+            listed.append(line)
+        click.echo(dumps(listed))
         return
     if not rows:
         click.echo("No runs yet.")
         return
     for record, status in rows:
-        click.echo(f"{record.run_id}  {status:<16} {record.pipeline:<10} {record.target}")
+        where = record.error if record.error else f"{record.pipeline:<10} {record.target}"
+        click.echo(f"{record.run_id}  {status:<16} {where}")
 
 
 @runs.command("show")
@@ -46,12 +51,11 @@ def list_runs(limit: int, as_json: bool) -> None:
 @json_option
 def show_run(run_id: str, as_json: bool) -> None:
     """One run: its steps and what each did."""
+    from provisioner.cli.output import dumps, run_record_json
+
     settings = settings_or_exit(as_json)
     with runner_for(settings, as_json, None) as runner:
-        try:
-            record = runner.journal.get(run_id)
-        except JournalError as exc:
-            fail(str(exc), EXIT_USAGE, as_json)
+        record = runner.journal.get(run_id)
         status = str(runner.status_of(record))
     data = run_record_json(record, status)
     if as_json:
@@ -67,7 +71,7 @@ def show_run(run_id: str, as_json: bool) -> None:
         if step["error"]:
             detail = f"{detail} — {step['error']}" if detail else step["error"]
         click.echo(f"  {step['index'] + 1}. {step['name']:<14} {step['state']:<16} {detail}")
-    if status == "interrupted":
+    if status in {"interrupted", "rollback_failed"}:
         click.echo(f"Continue with: provision runs resume {record.run_id}")
         click.echo(f"Or undo with:  provision runs rollback {record.run_id}")
 
@@ -86,11 +90,17 @@ def resume_run(run_id: str, as_json: bool, lock_timeout: float | None) -> None:
 
 @runs.command("rollback")
 @click.argument("run_id")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Roll back even if the pipeline's steps changed since the run: each journaled step "
+    "is found by its name.",
+)
 @json_option
 @lock_timeout_option
-def rollback_run(run_id: str, as_json: bool, lock_timeout: float | None) -> None:
+def rollback_run(run_id: str, force: bool, as_json: bool, lock_timeout: float | None) -> None:
     """Undo what a run applied, newest step first."""
     settings = settings_or_exit(as_json)
     with runner_for(settings, as_json, lock_timeout) as runner:
-        result = runner.rollback(run_id)
+        result = runner.rollback(run_id, force=force)
     print_result(result, as_json)

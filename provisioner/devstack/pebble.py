@@ -23,7 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from provisioner.devstack.base import PROBE_TIMEOUT, Component, http_answers, minimal_env
 from provisioner.devstack.errors import DevStackError
-from provisioner.devstack.process import spawn, write_atomic
+from provisioner.devstack.process import spawn
+from provisioner.fsutil import write_atomically
 
 PEBBLE_ENV = {
     # Without it pebble sleeps 0-15 s before each validation.
@@ -49,7 +50,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_atomic(path, pem, mode=0o600)
+    write_atomically(path, pem, mode=0o600)
 
 
 def make_listener_tls(folder: Path) -> None:
@@ -116,8 +117,8 @@ def make_listener_tls(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     _write_key(folder / "tls-ca.key", ca_key)
     _write_key(folder / "key.pem", key)
-    write_atomic(folder / "tls-ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_atomic(folder / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(folder / "tls-ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_atomically(folder / "cert.pem", cert.public_bytes(serialization.Encoding.PEM))
 
 
 def listener_tls_is_current(folder: Path) -> bool:
@@ -228,7 +229,7 @@ class Pebble(Component):
                 "externalAccountBindingRequired": False,
             }
         }
-        write_atomic(self.config, json.dumps(config, indent=2) + "\n")
+        write_atomically(self.config, json.dumps(config, indent=2) + "\n")
 
     def launch(self) -> None:
         # The root of the previous run is void the moment a new pebble starts.
@@ -261,4 +262,4 @@ class Pebble(Component):
             raise DevStackError(f"cannot fetch pebble's issuing root from {url}: {exc}") from None
         if "BEGIN CERTIFICATE" not in answer.text:
             raise DevStackError(f"{url} did not answer with a PEM certificate; see {self.log}")
-        write_atomic(self.issuer_root, answer.text)
+        write_atomically(self.issuer_root, answer.text)

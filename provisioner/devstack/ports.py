@@ -7,7 +7,6 @@ developer who needs a fixed port sets `PROVISION_DEV_<NAME>_PORT`.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import random
@@ -19,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from provisioner.devstack.errors import DevStackError
+from provisioner.fsutil import file_lock
 
 LOOPBACK = "127.0.0.1"
 
@@ -117,9 +117,10 @@ def _claims() -> Iterator[dict[int, float]]:
     st = os.lstat(folder)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise DevStackError(f"{folder} is not a folder of ours; remove it and try again")
-    fd = os.open(folder / "claims.json", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "r+", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with (
+        file_lock(folder / "claims.json") as fd,
+        os.fdopen(fd, "r+", encoding="utf-8", closefd=False) as fh,
+    ):
         try:
             raw = json.loads(fh.read() or "{}")
         except ValueError:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from provisioner.devstack.errors import DevStackError
+from provisioner.fsutil import write_atomically
 
 # Children this process spawned, kept so they are reaped (no zombies, no ResourceWarning).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -125,19 +126,6 @@ def alive(pidfile: Path, pattern: str | Sequence[str]) -> bool:
     return live_pid(pidfile, patterns) is not None
 
 
-def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     """Write `text` unless the file already holds it; True when it was written."""
     try:
@@ -145,7 +133,7 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
             return False
     except OSError:
         pass
-    write_atomic(path, text, mode)
+    write_atomically(path, text, mode)
     return True
 
 
@@ -184,7 +172,7 @@ def spawn(
                 f"cannot start {argv[0]}: {exc.strerror}; is it installed?"
             ) from None
     _CHILDREN[child.pid] = child
-    write_atomic(pidfile, f"{child.pid}\n")
+    write_atomically(pidfile, f"{child.pid}\n")
     _wait_for_exec(child)
     return child.pid
 

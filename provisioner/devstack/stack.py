@@ -9,12 +9,10 @@ runs, only re-checks: the tests call it at every session start.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shlex
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,8 @@ from provisioner.devstack.ports import (
     resolve_ports,
 )
 from provisioner.devstack.postgres import DEFAULT_PG_BIN, Postgres, choose_base, fallback_base
-from provisioner.devstack.process import settle, write_atomic, write_if_changed
+from provisioner.devstack.process import settle, write_if_changed
+from provisioner.fsutil import FileLock, LockBusy, write_atomically
 
 __all__ = ["ComponentStatus", "DevStack", "DevStackError"]
 
@@ -117,23 +116,18 @@ class DevStack:
     def _locked(self) -> Iterator[None]:
         """One `up`/`down` at a time per state folder (two test sessions may start together)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = FileLock(self.state_dir / ".lock")
         try:
-            deadline = time.monotonic() + LOCK_WAIT_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise DevStackError(
-                            f"another `provision dev` command has held {self.state_dir}/.lock "
-                            f"for {LOCK_WAIT_SECONDS:g} s; wait for it or stop it"
-                        ) from None
-                    time.sleep(0.05)
+            lock.acquire(LOCK_WAIT_SECONDS)
+        except LockBusy:
+            raise DevStackError(
+                f"another `provision dev` command has held {self.state_dir}/.lock "
+                f"for {LOCK_WAIT_SECONDS:g} s; wait for it or stop it"
+            ) from None
+        try:
             yield
         finally:
-            os.close(fd)
+            lock.release()
 
     # ------------------------------------------------------------------ components
     def _components(self, ports: dict[str, int], pg_base: Path) -> Components:
@@ -189,9 +183,11 @@ class DevStack:
                 raise DevStackError("\n".join(conflicts))
 
             if recorded != ports:
-                write_atomic(self.ports_file, json.dumps(ports, indent=2) + "\n")
+                write_atomically(self.ports_file, json.dumps(ports, indent=2) + "\n")
             if recorded_base is None:
-                write_atomic(self.stack_file, json.dumps({"pg_base": str(base)}, indent=2) + "\n")
+                write_atomically(
+                    self.stack_file, json.dumps({"pg_base": str(base)}, indent=2) + "\n"
+                )
             for component in outdated:
                 component.stop()
             self._start(components)

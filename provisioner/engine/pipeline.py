@@ -1,21 +1,26 @@
-"""Pipelines: named, ordered lists of steps, rebuilt from their parameters.
+"""Pipelines: named, ordered lists of steps, rebuilt from their parameters and the settings.
 
-A run is journaled as (pipeline name, parameters), never as pickled objects, so that another
-process (`provision runs resume ID`) can rebuild exactly the same steps. Parameters are
-therefore plain JSON values and hold no secrets: steps read secrets from settings.
+A run is journaled as (pipeline name, parameters, step names), never as pickled objects, so
+that another process (`resume`, `rollback`) can rebuild exactly the same steps. Parameters are
+therefore plain JSON values and hold no secrets; factories receive the settings, so no step
+reads the environment itself.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from provisioner.engine.step import Step
+from provisioner.engine.errors import UsageError
+from provisioner.engine.step import Scope, Step
+
+if TYPE_CHECKING:
+    from provisioner.config import Settings
 
 
-class PipelineError(ValueError):
+class PipelineError(UsageError):
     """The pipeline or its parameters are unknown or invalid (bad input: exit 2)."""
 
 
@@ -30,13 +35,28 @@ class Pipeline:
     title: str = ""
     next_steps: list[str] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        names = [step.name for step in self.steps]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise PipelineError(
+                f"pipeline {self.name!r} names more than one step {', '.join(repeated)}: "
+                "step names must be unique, the journal finds steps by them"
+            )
 
-PipelineFactory = Callable[[dict[str, Any]], Pipeline]
+    @property
+    def step_names(self) -> list[str]:
+        return [step.name for step in self.steps]
+
+    def limited_to(self, scopes: Iterable[Scope]) -> Pipeline:
+        """The same pipeline with only the steps of these scopes (a fleet's global or host part)."""
+        wanted = set(scopes)
+        return replace(self, steps=[s for s in self.steps if s.scope in wanted])
+
+
+PipelineFactory = Callable[[dict[str, Any], "Settings"], Pipeline]
 
 _REGISTRY: dict[str, PipelineFactory] = {}
-
-# Modules that register the tool's own pipelines; imported on first lookup.
-BUILTIN_MODULES: tuple[str, ...] = ("provisioner.demo.pipeline",)
 
 
 def register(name: str) -> Callable[[PipelineFactory], PipelineFactory]:
@@ -49,23 +69,29 @@ def register(name: str) -> Callable[[PipelineFactory], PipelineFactory]:
     return decorate
 
 
-def load_modules(extra: tuple[str, ...] = ()) -> None:
-    """Import the modules whose import registers pipelines (built-in ones, then `extra`)."""
-    for module in (*BUILTIN_MODULES, *extra):
+def load_modules(modules: Iterable[str]) -> None:
+    """Import the modules whose import registers pipelines."""
+    for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise PipelineError(
                 f"cannot import pipeline module {module!r} ({exc}); "
-                "check PROVISION_PIPELINE_MODULES"
+                "check the list of pipeline modules in the settings"
             ) from None
 
 
-def build(name: str, params: dict[str, Any]) -> Pipeline:
-    """The pipeline `name` for these parameters."""
+def build(name: str, params: dict[str, Any], settings: Settings) -> Pipeline:
+    """The pipeline `name` for these parameters and settings."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise PipelineError(f"unknown pipeline {name!r}; known: {known}") from None
-    return factory(dict(params))
+    try:
+        return factory(dict(params), settings)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, UsageError):
+            raise
+        reason = f"missing parameter {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise PipelineError(f"invalid parameters for pipeline {name!r}: {reason}") from None

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from provisioner.config import Settings
+    from provisioner.engine.checkpoint import Checkpoints
 
 Undo = dict[str, Any]
 
@@ -77,6 +78,29 @@ class Progress:
         return nullcontext(lambda n: None)
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Client(Generic[T]):
+    """A kind of shared client steps may use (a database connection, an HTTP client).
+
+    Declared once by the application, e.g. `PG = Client("postgresql", open_pg)`; a step asks
+    `ctx.client(PG)` and gets a `T`, opened on first use and closed by the runner at the end
+    of the run, so every step of a run shares one connection of each kind.
+    """
+
+    name: str
+    open: Callable[[RunContext], T]
+    close: Callable[[T], None] = field(default=lambda client: _close_quietly(client))
+
+
+def _close_quietly(client: Any) -> None:
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+
+
 @dataclass
 class RunContext:
     """What a step may know about the run it is part of."""
@@ -86,16 +110,35 @@ class RunContext:
     params: dict[str, Any]
     settings: Settings
     progress: Progress = field(default_factory=Progress)
-    # Shared, per-process resources steps may open lazily (connections, clients); closed at
-    # the end of the run by the runner.
-    resources: dict[str, Any] = field(default_factory=dict)
+    # Where big before-states are kept (a folder per run); None where the run keeps none.
+    checkpoints: Checkpoints | None = None
+    _clients: dict[Client[Any], Any] = field(default_factory=dict, repr=False)
 
-    def close_resources(self) -> None:
-        for resource in self.resources.values():
-            close = getattr(resource, "close", None)
-            if callable(close):
-                close()
-        self.resources.clear()
+    def client(self, kind: Client[T]) -> T:
+        """The run's shared client of this kind, opened on first use."""
+        if kind not in self._clients:
+            self._clients[kind] = kind.open(self)
+        return cast(T, self._clients[kind])
+
+    def forget_client(self, kind: Client[Any]) -> None:
+        """Close and drop a client (e.g. a connection that broke), so the next use reopens it."""
+        client = self._clients.pop(kind, None)
+        if client is not None:
+            kind.close(client)
+
+    def close_clients(self) -> None:
+        """Close every client opened during the run (the runner calls this at the end)."""
+        while self._clients:
+            kind, client = self._clients.popitem()
+            try:
+                kind.close(client)
+            except Exception:  # noqa: S112 - closing must not hide the run's own outcome
+                continue
+
+    def checkpoint(self) -> Checkpoints:
+        if self.checkpoints is None:
+            raise RuntimeError("this run keeps no checkpoints")
+        return self.checkpoints
 
 
 class Step(ABC):
@@ -123,11 +166,22 @@ class Step(ABC):
     def rollback(self, ctx: RunContext, undo: Undo) -> None:
         """Undo exactly what this run's `apply` did; restore, never delete, what existed before."""
 
+    def keep_before(self, ctx: RunContext, change: Change) -> Change:
+        """A Change whose before-state is safe to journal, called just before it is journaled.
+
+        A step whose before-state is big (a folder, a large file) copies it into
+        `ctx.checkpoint()` here and returns a Change whose `before` points at that copy, as
+        certbot's reverter does. Keeping is idempotent: the first copy a run made wins.
+        """
+        return change
+
     def undo_from_change(self, change: Change) -> Undo:
         """The undo record for a step whose `apply` may have run only in part.
 
         The runner journals the Change before calling `apply`; when a process dies inside it,
-        rolling back starts from the state found then. Steps whose undo is their before-state
-        need not override this.
+        rolling back starts from the state found then. It must undo any part of `apply`,
+        including all of it: the journal uses it whenever an attempt of this step was cut
+        short, even if a later attempt finished. Steps whose undo is their before-state need
+        not override this.
         """
         return {"before": change.before}

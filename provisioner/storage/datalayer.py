@@ -13,7 +13,6 @@ What it promises, whatever the phase:
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import logging
 import os
@@ -22,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from provisioner.config import Settings, redact_dsn
-from provisioner.fsutil import private_dir
+from provisioner.fsutil import file_lock
 from provisioner.storage import pg_queries
 from provisioner.storage import pg_records as pg
 from provisioner.storage.aeims_json import AeimsJsonStore, normalize_login
@@ -329,23 +328,11 @@ class DataLayer:
         for key in deleted:
             self.json.delete(entity, key)
 
-    @contextmanager
-    def _ordered(self, entity: str) -> Iterator[None]:
+    def _ordered(self, entity: str) -> AbstractContextManager[int]:
         """Writers of one entity, in every process, take turns for the JSON write and the
         PostgreSQL write together, so PostgreSQL receives writes in JSON's order (a slow
         writer can never put an older state over a newer one)."""
-        path = self._locks_dir / f"{entity}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:
-            private_dir(self._locks_dir)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        return file_lock(self._locks_dir / f"{entity}.lock")
 
     def _write_pg_only(self, entity: str, records: list[StoredRecord], deleted: list[str]) -> None:
         try:

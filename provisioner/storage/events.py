@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import provisioner.secret_names  # noqa: F401 - registers the secret field names
 from provisioner.engine.redact import redact
 
 logger = logging.getLogger("provisioner.storage")

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
-import fcntl
 import functools
 import json
 import math
@@ -33,7 +31,6 @@ import operator
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -41,7 +38,9 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+
+from provisioner.fsutil import create_atomically, file_lock, lock_current_inode, write_atomically
 
 __all__ = [
     "DEFAULT_STYLE",
@@ -989,7 +988,7 @@ def _read_current(path: Path) -> tuple[bytes, os.stat_result, int] | None:
     PHP's safeFileWrite truncates and rewrites in place under LOCK_EX: the shared lock keeps
     this read from seeing a half-written file.
     """
-    fd = _lock_current_file(path, fcntl.LOCK_SH)
+    fd = lock_current_inode(path, exclusive=False)
     if fd is None:
         return None
     try:
@@ -1078,100 +1077,54 @@ def _umask() -> int:
     return 0o022
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_Written = TypeVar("_Written")
 
 
-def _write_temp(path: Path, data: bytes, like: os.stat_result | None) -> tuple[str, os.stat_result]:
-    """A synced temp file beside `path` holding `data`, with `like`'s mode and owner.
+def _write_keeping_owner(
+    write: Callable[..., _Written], path: Path, data: bytes, like: os.stat_result | None
+) -> _Written:
+    """`write` (fsutil's write_atomically or create_atomically) of `data` at `path`, with
+    `like`'s mode and owner.
 
     A new file (no `like`) gets the umask's mode and, when running as root, the folder's owner
     and group: the PHP application (www-data) owns the data folder and must be able to write
     the files created in it.
     """
+    temp_made = False
+
+    def keep_owner(fd: int) -> None:
+        nonlocal temp_made
+        temp_made = True
+        if like is None:
+            if os.geteuid() == 0:
+                folder = os.stat(path.parent)
+                os.fchown(fd, folder.st_uid, folder.st_gid)
+            return
+        mine = os.fstat(fd)
+        if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
+            try:
+                os.fchown(fd, like.st_uid, like.st_gid)
+            except PermissionError:
+                raise JsonFileError(
+                    path,
+                    f"cannot keep the file's owner uid={like.st_uid} gid={like.st_gid} "
+                    "when replacing it",
+                    hint="Run as that user (or root) so the PHP application can still "
+                    "write the file; nothing was changed",
+                ) from None
+
+    mode = 0o666 & ~_umask() if like is None else stat.S_IMODE(like.st_mode)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return write(path, data, mode, prepare=keep_owner)
     except PermissionError:
+        if temp_made:
+            raise
         raise JsonFileError(
             path,
             f"cannot create a temporary file in {path.parent}",
             hint="Atomic replacement needs write permission on the folder; run as its owner "
             "(or root). Nothing was changed",
         ) from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            if like is not None:
-                mine = os.fstat(fd)
-                if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
-                    try:
-                        os.fchown(fd, like.st_uid, like.st_gid)
-                    except PermissionError:
-                        raise JsonFileError(
-                            path,
-                            f"cannot keep the file's owner uid={like.st_uid} gid={like.st_gid} "
-                            "when replacing it",
-                            hint="Run as that user (or root) so the PHP application can still "
-                            "write the file; nothing was changed",
-                        ) from None
-                os.fchmod(fd, stat.S_IMODE(like.st_mode))
-            else:
-                os.fchmod(fd, 0o666 & ~_umask())
-                if os.geteuid() == 0:
-                    folder = os.stat(path.parent)
-                    os.fchown(fd, folder.st_uid, folder.st_gid)
-            os.fsync(fd)
-            return tmp, os.fstat(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _replace_atomically(path: Path, data: bytes, like: os.stat_result | None) -> os.stat_result:
-    """Replace `path` with `data`: temp file, fsync, rename, fsync of the folder. On any error
-    the original is untouched and the temp file is gone."""
-    tmp, st = _write_temp(path, data, like)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return st
-
-
-def _create_exclusively(path: Path, data: bytes) -> os.stat_result | None:
-    """Create `path` holding `data` unless it exists (then None): never an empty file on disk."""
-    tmp, st = _write_temp(path, data, None)
-    try:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
-            # A filesystem without hard links: the caller holds the folder lock, and checked
-            # that the file is missing, so a rename is safe from our own writers.
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-            return st
-        _fsync_dir(path.parent)
-        return st
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1189,37 +1142,6 @@ class BatchOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _lock_current_file(path: Path, mode: int = fcntl.LOCK_EX) -> int | None:
-    """An fd of the file now at `path`, held under `mode` (LOCK_EX or LOCK_SH); None when the
-    file does not exist.
-
-    After a writer's os.replace, a waiter that then gets the lock holds it on the *old* inode,
-    which is no longer the file: it checks that its fd is still the file at `path`, and if not,
-    drops it and locks the new one.
-    """
-    while True:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            fcntl.flock(fd, mode)
-            mine = os.fstat(fd)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is not None and (mine.st_dev, mine.st_ino) == (
-                current.st_dev,
-                current.st_ino,
-            ):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
 
 
 def _apply(
@@ -1278,7 +1200,7 @@ def _update(
     shared cached document (copy-on-write) and what they return is cached as written."""
     path = Path(path).absolute()
     while True:
-        fd = _lock_current_file(path)
+        fd = lock_current_inode(path)
         if fd is None:
             outcome = _update_missing(path, fns, default, new_file_style, isolate, shared)
             if outcome is None:
@@ -1315,7 +1237,7 @@ def _update(
                 else:
                     data = _dump_bytes(new_doc, style)
                 if data != raw:
-                    st = _replace_atomically(path, data, like)
+                    st = _write_keeping_owner(write_atomically, path, data, like)
                     _cache_written(path, st, data, new_doc, style, node, plain)
             return outcomes
         finally:
@@ -1358,14 +1280,13 @@ def _update_missing(
         raise JsonFileMissingError(
             path, "the file does not exist", hint="Create it, or pass a default"
         )
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise JsonFileMissingError(
-            path, "neither the file nor its folder exists", hint="Create the folder first"
-        ) from None
-    try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(file_lock(path.parent, create=False))
+        except FileNotFoundError:
+            raise JsonFileMissingError(
+                path, "neither the file nor its folder exists", hint="Create the folder first"
+            ) from None
         if path.exists():
             return None
         start = clone_json(default)
@@ -1377,13 +1298,11 @@ def _update_missing(
                 data, node, plain = _encode_pieces(new_doc, style, None, None)
             else:
                 data = _dump_bytes(new_doc, style)
-            st = _create_exclusively(path, data)
+            st = _write_keeping_owner(create_atomically, path, data, None)
             if st is None:
                 return None
             _cache_written(path, st, data, new_doc, style, node, plain)
         return outcomes
-    finally:
-        os.close(dir_fd)
 
 
 def locked_update(

@@ -10,7 +10,6 @@ PostgreSQL directly, so a replay never races a newer direct write.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
@@ -21,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioner.fsutil import private_dir, write_atomically
+from provisioner.fsutil import append_durably, file_lock, private_dir, write_atomically
 
 
 @dataclass(frozen=True)
@@ -47,13 +46,8 @@ class Outbox:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         private_dir(self.path.parent)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.lock_path):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     def is_empty(self) -> bool:
         """Cheap (one stat): every read in a PostgreSQL-reading phase asks."""
@@ -70,12 +64,9 @@ class Outbox:
             for e, k, op in items
         )
         with self._locked():
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, lines.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            # own_line: a torn last line (a process killed mid-append) must not swallow the
+            # first of these entries, which the reader would then skip with it.
+            append_durably(self.path, lines.encode("utf-8"), mode=0o600, own_line=True)
 
     def _read(self) -> list[OutboxEntry]:
         try:

@@ -18,7 +18,8 @@ from rich.progress import Progress as RichProgress
 from provisioner.engine.journal import RunRecord
 from provisioner.engine.pipeline import Pipeline
 from provisioner.engine.redact import redact
-from provisioner.engine.runner import Outcome, Reporter, RunResult, StepResult
+from provisioner.engine.results import Outcome, RunResult, StepResult
+from provisioner.engine.runner import Reporter
 from provisioner.engine.step import Progress, Step
 
 MARKS = {
@@ -59,11 +60,16 @@ def human_lines(result: RunResult, show_diffs: bool = False) -> list[str]:
         lines.append(
             f"Plan for {result.pipeline} on {result.target}: {changes} step(s) would change"
         )
+        if result.failure:
+            lines.append(f"Could not check: {result.failure}")
         for step in result.steps:
             lines.append(step_line(step))
             if show_diffs and step.change and step.change.diff:
                 lines.extend("    " + d for d in step.change.diff.rstrip("\n").splitlines())
         lines.append("Nothing was changed (--plan).")
+        return lines
+    if result.note:
+        lines.append(result.note)
         return lines
     if result.failure:
         lines.append(f"Failed: {result.failure}")
@@ -111,6 +117,8 @@ def result_json(result: RunResult) -> dict[str, Any]:
     """The result in Ansible's return-value shape, secrets masked."""
     if result.failure:
         msg = result.failure
+    elif result.note:
+        msg = result.note
     elif result.status == "planned":
         msg = "plan only: nothing changed"
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -39,31 +40,54 @@ class RenderedFileStep(Step):
             return {"exists": False}
         return {"exists": True, "content": content, "mode": self.path.stat().st_mode & 0o7777}
 
+    def _missing_parents(self) -> list[str]:
+        """The folders `apply` would create, innermost first (rollback removes them)."""
+        missing: list[str] = []
+        parent = self.path.parent
+        while not parent.exists():
+            missing.append(str(parent))
+            parent = parent.parent
+        return missing
+
     def check(self, ctx: RunContext) -> Change | None:
         wanted = self.render()
         current = self._current()
         if current["exists"] and current["content"] == wanted:
             return None
         verb = "update" if current["exists"] else "create"
+        after: dict[str, Any] = {"exists": True, "content": wanted}
+        if missing := self._missing_parents():
+            after["created_dirs"] = missing
         return Change(
             summary=f"{verb} {self.path}",
             before=current,
-            after={"exists": True, "content": wanted},
+            after=after,
             diff=unified_diff(current.get("content"), wanted, str(self.path)),
         )
 
+    def undo_from_change(self, change: Change) -> Undo:
+        after = change.after or {}
+        return {"before": change.before, "created_dirs": after.get("created_dirs", [])}
+
     def apply(self, ctx: RunContext) -> Undo:
         before = self._current()
-        created: list[str] = []
-        parent = self.path.parent
-        while not parent.exists():
-            created.append(str(parent))
-            parent = parent.parent
+        created = self._missing_parents()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, self.render(), before.get("mode", 0o644))
         return {"before": before, "created_dirs": created}
 
+    def _remove_torn_writes(self) -> None:
+        """Temp files left beside the file by a write killed half-way.
+
+        `write_atomically` writes `.<name>.<random>.tmp` in the same folder, then renames it;
+        a process killed in between leaves it there, and its folder could not be removed.
+        """
+        if self.path.parent.is_dir():
+            for torn in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+                torn.unlink(missing_ok=True)
+
     def rollback(self, ctx: RunContext, undo: Undo) -> None:
+        self._remove_torn_writes()
         before = undo.get("before") or {"exists": False}
         if before.get("exists"):
             write_atomically(self.path, before["content"], before.get("mode", 0o644))
