@@ -1,20 +1,25 @@
 """`make bench`: start-up time, then the data layer's figures, each beside a raw baseline
-from the same run. `python -m bench startup` measures start-up alone (no database needed)."""
+from the same run. `python -m bench startup` measures start-up alone (no database needed);
+`python -m bench site` the site create alone."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import datalayer_bench, startup_bench
+from bench import datalayer_bench, site_bench, startup_bench
 
 
 def main() -> int:
     argv = sys.argv[1:]
     if argv[:1] == ["startup"]:
         return startup_bench.main(argv[1:])
+    if argv[:1] == ["site"]:
+        return site_bench.main(argv[1:])
     startup = startup_bench.main([])
     print()
-    return datalayer_bench.main(argv) or startup
+    data = datalayer_bench.main(argv)
+    print()
+    return site_bench.main([]) or data or startup
 
 
 if __name__ == "__main__":

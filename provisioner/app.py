@@ -10,7 +10,7 @@ from provisioner.config import Settings
 from provisioner.engine import pipeline as pipelines
 from provisioner.secret_names import SECRET_KEYS
 
-PIPELINE_MODULES: tuple[str, ...] = ("provisioner.demo.pipeline",)
+PIPELINE_MODULES: tuple[str, ...] = ("provisioner.demo.pipeline", "provisioner.site.pipelines")
 
 __all__ = ["PIPELINE_MODULES", "SECRET_KEYS", "prepare"]
 

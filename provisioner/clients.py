@@ -12,7 +12,10 @@ from typing import TYPE_CHECKING, Any
 from provisioner.engine.step import Client, RunContext
 
 if TYPE_CHECKING:
+    import httpx
     import psycopg
+
+    from provisioner.storage import DataLayer
 
 
 def _milliseconds(seconds: float) -> int:
@@ -40,3 +43,31 @@ def open_pg(ctx: RunContext) -> psycopg.Connection[Any]:
 
 
 PG: Client[psycopg.Connection[Any]] = Client("postgresql", open_pg)
+
+
+def open_route53(ctx: RunContext) -> Any:
+    """A Route53 client on the AWS credential chain (or the local stack's endpoint)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5)
+    return boto3.client("route53", endpoint_url=ctx.settings.aws_endpoint, config=config)
+
+
+def open_http(ctx: RunContext) -> httpx.Client:
+    """An HTTP client with bounded timeouts, verifying TLS with the system's trust store."""
+    import httpx
+
+    return httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
+
+
+def open_data_layer(ctx: RunContext) -> DataLayer:
+    """The AEIMS data layer, in whatever migration phase the installation is in."""
+    from provisioner.storage import DataLayer
+
+    return DataLayer.from_settings(ctx.settings)
+
+
+ROUTE53: Client[Any] = Client("route53", open_route53)
+HTTP: Client[httpx.Client] = Client("http", open_http)
+DATA_LAYER: Client[DataLayer] = Client("data layer", open_data_layer)

@@ -84,6 +84,52 @@ class Settings:
     # Extra modules that register pipelines (for operators' own steps, and the tests).
     pipeline_modules: tuple[str, ...] = ()
 
+    # ---- sites (production defaults; `provision dev env` points them at the local stack)
+    # Where each site's folder is rendered: <sites_root>/<domain>/.
+    sites_root: Path = Path("/var/www/aeims/sites")
+    # nginx: vhosts are written to the first folder and linked from the second.
+    nginx_vhost_dir: Path = Path("/etc/nginx/sites-available")
+    nginx_enabled_dir: Path = Path("/etc/nginx/sites-enabled")
+    # The nginx command line (split like a shell would, never run through one).
+    nginx_cmd: str = "nginx"
+    nginx_http_port: int = 80
+    nginx_https_port: int = 443
+    # Addresses the vhosts listen on (empty: every IPv4 and IPv6 address). nginx matches a
+    # vhost only against servers on the same address, so it must be the default server's.
+    nginx_listen: tuple[str, ...] = ()
+    # PHP pages are handed to php-fpm only when its socket is set; otherwise never served.
+    php_fpm_socket: Path | None = None
+    # ACME: the CA's directory, the CA bundle its own TLS is verified with (None: the system's),
+    # the webroot nginx serves /.well-known/acme-challenge/ from, and where certificates live.
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: Path | None = None
+    acme_webroot: Path = Path("/var/www/acme")
+    acme_profile: str = "classic"
+    acme_email: str = ""
+    acme_challenge: str = "http-01"
+    cert_dir: Path = Path("/etc/letsencrypt")
+    # The roots a site's HTTPS answer is verified against (None: the system's trust store).
+    acme_issuer_root: Path | None = None
+    # DNS-01 in the local stack: pebble asks challtestsrv, which plays the DNS provider.
+    challtestsrv_url: str | None = None
+    # The DNS server CAA (and DNS-01 TXT) records are read from: "IP" or "IP:port"; empty
+    # means the system's resolver. The local stack points it at challtestsrv.
+    dns_resolver: str = ""
+    # The CA's CAA identities (RFC 8659 issuer domain names); empty means the ones the ACME
+    # directory advertises in meta.caaIdentities (Let's Encrypt: letsencrypt.org).
+    acme_caa_identities: tuple[str, ...] = ()
+    # DNS: "route53" or "none" (skipped); the AWS endpoint is set only for a local Route53.
+    dns_provider: str = "none"
+    aws_endpoint: str | None = None
+    public_ipv4: str | None = None
+    public_ipv6: str | None = None
+    # The billing system (docs/billing-api.md); its token comes only from the environment.
+    billing_url: str | None = None
+    # Kept out of repr: a Settings shown in a traceback or a test failure must not leak it.
+    billing_token: str | None = field(default=None, repr=False)
+    # How long a new site may take to answer over HTTPS before its health check fails.
+    health_timeout: float = 60.0
+
     @property
     def journal_dir(self) -> Path:
         return self.state_dir / "journal"
@@ -99,6 +145,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "pg_dsn" and value:
                 value = redact_dsn(value)
+            if f.name in SECRET_SETTINGS and value:
+                value = "***"
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 
@@ -111,6 +159,13 @@ SECONDS_BOUNDS: dict[str, tuple[float, float, bool]] = {
     "pg_statement_timeout": (0.0, 3_600.0, False),
     "breaker_retry_seconds": (0.0, 3_600.0, False),
     "step_statement_timeout": (0.0, 86_400.0, False),
+    "health_timeout": (0.0, 3_600.0, False),
+}
+# Settings that are secrets: accepted from the environment only, never printed.
+SECRET_SETTINGS = frozenset({"billing_token"})
+CHOICES: dict[str, tuple[str, ...]] = {
+    "acme_challenge": ("http-01", "dns-01"),
+    "dns_provider": ("route53", "none"),
 }
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$", re.ASCII)
 _HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -307,6 +362,138 @@ def _parse_dsn(label: str, raw: Any) -> tuple[str, dict[str, str]]:
     return text, {k: str(v) for k, v in parsed.items()}
 
 
+def _parse_port(label: str, raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ConfigError(f"{label} must be a port number, not {_kind(raw)}")
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigError(f"{label}={_shown(raw)} is not a port; use a number from 1 to 65535")
+    return int(text)
+
+
+def _parse_url(label: str, raw: Any) -> str:
+    from urllib.parse import urlsplit
+
+    text = _text(label, raw).strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in {"http", "https"}
+        or not parts.hostname
+        or any(c.isspace() or ord(c) < 32 for c in text)
+    ):
+        raise ConfigError(f"{label}={_shown(raw)} is not an http(s) URL; use https://host/path")
+    if parts.password:
+        raise ConfigError(f"{label} holds a password; pass credentials in their own settings")
+    return text
+
+
+def _parse_ip(version: int) -> Callable[[str, Any], str]:
+    def parse(label: str, raw: Any) -> str:
+        import ipaddress
+
+        text = _text(label, raw).strip()
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            address = None
+        if address is None or address.version != version:
+            raise ConfigError(f"{label}={_shown(raw)} is not an IPv{version} address")
+        return str(address)
+
+    return parse
+
+
+def _parse_addresses(label: str, raw: Any) -> tuple[str, ...]:
+    """IP addresses, separated by commas or spaces (they reach nginx's `listen` lines)."""
+    import ipaddress
+
+    items = raw if isinstance(raw, list) else _text(label, raw).replace(",", " ").split()
+    found = []
+    for item in items:
+        try:
+            found.append(str(ipaddress.ip_address(_text(label, item).strip())))
+        except ValueError:
+            raise ConfigError(
+                f"{label}: {_shown(item)} is not an IP address; use e.g. 127.0.0.1 or ::1"
+            ) from None
+    return tuple(found)
+
+
+def _parse_choice(name: str) -> Callable[[str, Any], str]:
+    def parse(label: str, raw: Any) -> str:
+        value = _text(label, raw).strip().lower()
+        if value not in CHOICES[name]:
+            raise ConfigError(
+                f"{label}={_shown(raw)} is not known; use one of {', '.join(CHOICES[name])}"
+            )
+        return value
+
+    return parse
+
+
+def _parse_word(label: str, raw: Any) -> str:
+    """A short token that may reach a protocol message (an ACME profile, an email)."""
+    value = _text(label, raw).strip()
+    if not re.fullmatch(r"[A-Za-z0-9._@+-]{0,254}", value):
+        raise ConfigError(f"{label}={_shown(raw)} holds characters it may not; use a-z, 0-9, ._@+-")
+    return value
+
+
+def _parse_command(label: str, raw: Any) -> str:
+    import shlex
+
+    text = _text(label, raw).strip()
+    try:
+        argv = shlex.split(text)
+    except ValueError:
+        argv = []
+    if not argv:
+        raise ConfigError(f"{label}={_shown(raw)} is not a command line; use e.g. /usr/sbin/nginx")
+    return text
+
+
+def _parse_secret(label: str, raw: Any) -> str:
+    value = _text(label, raw)
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        raise ConfigError(f"{label} is empty or holds control characters; set it again")
+    return value
+
+
+def _parse_resolver(label: str, raw: Any) -> str:
+    """A DNS server as IP or IP:port ([v6]:port for IPv6); empty means the system's."""
+    import ipaddress
+
+    text = _text(label, raw).strip()
+    if not text:
+        return ""
+    host, _, port = text.rpartition(":") if text.count(":") == 1 or "]" in text else (text, "", "")
+    host = host.strip("[]") if host else text
+    try:
+        ipaddress.ip_address(host)
+        ok = not port or (port.isdigit() and 1 <= int(port) <= 65535)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{label}={_shown(raw)} is not a DNS server; use e.g. 127.0.0.1:53")
+    return text
+
+
+def _parse_domain_names(label: str, raw: Any) -> tuple[str, ...]:
+    items = raw if isinstance(raw, list) else _text(label, raw).replace(",", " ").split()
+    names = tuple(_text(label, item).strip().lower() for item in items)
+    for name in names:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", name):
+            raise ConfigError(
+                f"{label}: {_shown(name)} is not a domain name; use e.g. letsencrypt.org"
+            )
+    return names
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "state_dir": _parse_path,
     "data_dir": _parse_path,
@@ -316,6 +503,31 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "journal": _parse_journal,
     "host_name": _parse_host_name,
     "pipeline_modules": _parse_modules,
+    "sites_root": _parse_path,
+    "nginx_vhost_dir": _parse_path,
+    "nginx_enabled_dir": _parse_path,
+    "nginx_cmd": _parse_command,
+    "nginx_http_port": _parse_port,
+    "nginx_https_port": _parse_port,
+    "nginx_listen": _parse_addresses,
+    "php_fpm_socket": _parse_path,
+    "acme_directory": _parse_url,
+    "acme_ca_bundle": _parse_path,
+    "acme_webroot": _parse_path,
+    "acme_profile": _parse_word,
+    "acme_email": _parse_word,
+    "acme_challenge": _parse_choice("acme_challenge"),
+    "cert_dir": _parse_path,
+    "acme_issuer_root": _parse_path,
+    "challtestsrv_url": _parse_url,
+    "dns_resolver": _parse_resolver,
+    "acme_caa_identities": _parse_domain_names,
+    "dns_provider": _parse_choice("dns_provider"),
+    "aws_endpoint": _parse_url,
+    "public_ipv4": _parse_ip(4),
+    "public_ipv6": _parse_ip(6),
+    "billing_url": _parse_url,
+    "billing_token": _parse_secret,
     **{
         name: (lambda n: lambda label, raw: check_seconds(n, raw, label))(name)
         for name in SECONDS_BOUNDS
@@ -349,6 +561,11 @@ def _read_toml(path: Path) -> dict[str, tuple[str, Any]]:
     values: dict[str, tuple[str, Any]] = {}
     for name, raw in data.items():
         label = f"{path}: {name}"
+        if name in SECRET_SETTINGS:
+            raise ConfigError(
+                f"{path}: {name} is a secret; keep it out of files: set "
+                f"{ENV_PREFIX}{name.upper()} in the environment"
+            )
         if name == "pg_dsn":
             text, parsed = _parse_dsn(label, raw)
             if parsed.get("password") or parsed.get("sslpassword"):

@@ -215,3 +215,20 @@ def test_a_step_stuck_behind_a_row_lock_gives_up_after_the_lock_timeout(
     assert [s.name for s in result.left_for_manual_attention] == ["row"]
     assert backend["runner"]().rollback(result.run_id).status == RunStatus.ROLLED_BACK
     assert row(dsn) == "old" and not (tmp_path / "w/first.html").exists()
+
+
+# ------------------------------------------------------------------ on failure: keep
+def test_a_failed_run_can_keep_what_it_made_for_a_later_rollback(
+    backend: dict[str, Any], tmp_path: Path
+) -> None:
+    work = tmp_path / "w"
+    runner = backend["runner"]()
+    runner.keep_on_failure = True
+
+    failed = runner.run(pipeline(work, fail_at="last"))
+
+    assert failed.status == RunStatus.FAILED_KEPT and failed.exit_code == 1
+    assert failed.rollback == [] and (work / "sub/second.html").exists()
+    undone = backend["runner"]().rollback(failed.run_id)
+    assert undone.status == RunStatus.ROLLED_BACK
+    assert not (work / "first.html").exists() and row(backend["dsn"]) is None

@@ -61,6 +61,17 @@ def scope_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def on_failure_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--on-failure",
+        type=click.Choice(["rollback", "keep"]),
+        default="rollback",
+        show_default=True,
+        help="When a step fails: undo everything this run made, or keep it for inspection "
+        "(`provision runs rollback ID` removes it later).",
+    )(func)
+
+
 def lock_timeout_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--lock-timeout",
@@ -149,6 +160,7 @@ def execute(
     as_json: bool,
     lock_timeout: float | None,
     scope: str = "all",
+    keep_on_failure: bool = False,
 ) -> NoReturn:
     """Build a pipeline (bad parameters exit 2) and plan or run it, then print and exit.
 
@@ -166,5 +178,6 @@ def execute(
     except UsageError as exc:
         fail(str(exc), EXIT_USAGE, as_json)
     with runner_for(settings, as_json, lock_timeout) as runner:
+        runner.keep_on_failure = keep_on_failure
         result = runner.plan(pipeline, scopes) if plan else runner.run(pipeline, scopes)
     print_result(result, as_json)

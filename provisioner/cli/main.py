@@ -51,6 +51,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, bool]] = {
         "List, inspect, resume or roll back runs recorded in the journal.",
         False,
     ),
+    "site": (
+        "provisioner.cli.site",
+        "site",
+        "Create AEIMS sites: record, files, nginx, DNS, certificate, operators, billing, health.",
+        False,
+    ),
 }
 
 

@@ -25,6 +25,7 @@ from provisioner.engine.step import Progress, Step
 MARKS = {
     Outcome.CHANGED: "✓",
     Outcome.OK: "✓",
+    Outcome.SKIPPED: "–",
     Outcome.PLANNED: "•",
     Outcome.FAILED: "✗",
     Outcome.ROLLED_BACK: "↺",
@@ -49,7 +50,7 @@ def step_line(result: StepResult) -> str:
         text = f"ROLLBACK FAILED: {result.error}"
     else:
         text = result.summary
-    return f"{mark} {result.name.capitalize()}: {text}"
+    return f"{mark} {result.label or result.name.capitalize()}: {text}"
 
 
 def human_lines(result: RunResult, show_diffs: bool = False) -> list[str]:
@@ -77,6 +78,10 @@ def human_lines(result: RunResult, show_diffs: bool = False) -> list[str]:
             lines.append("Rollback did not complete; needs manual attention:")
             lines.extend(f"  - {s.name}: {s.error}" for s in result.left_for_manual_attention)
             lines.append(f"Retry the undo with: provision runs rollback {result.run_id}")
+        elif result.status == "failed_kept":
+            lines.append("What this run made was kept for inspection (--on-failure keep).")
+            lines.append(f"Remove it with: provision runs rollback {result.run_id}")
+            lines.append(f"Or, once fixed, finish it with: provision runs resume {result.run_id}")
         else:
             lines.append("Everything this run changed was rolled back.")
     elif result.status == "rolled_back":

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from provisioner.cli.common import execute, json_option, lock_timeout_option, scope_option
+from provisioner.cli.common import (
+    execute,
+    json_option,
+    lock_timeout_option,
+    on_failure_option,
+    scope_option,
+)
 
 if TYPE_CHECKING:
     from provisioner.config import Settings
@@ -133,6 +139,7 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
     "-p", "--param", "pairs", multiple=True, help="A parameter, key=value (value may be JSON)."
 )
 @click.option("--plan", is_flag=True, help="Show what would change, with diffs; change nothing.")
+@on_failure_option
 @scope_option
 @json_option
 @lock_timeout_option
@@ -140,6 +147,7 @@ def run(
     pipeline_name: str,
     pairs: tuple[str, ...],
     plan: bool,
+    on_failure: str,
     scope: str,
     as_json: bool,
     lock_timeout: float | None,
@@ -154,4 +162,11 @@ def run(
             raise PipelineError("a pipeline name is required")
         return build(pipeline_name, params, settings)
 
-    execute(make, plan=plan, as_json=as_json, lock_timeout=lock_timeout, scope=scope)
+    execute(
+        make,
+        plan=plan,
+        as_json=as_json,
+        lock_timeout=lock_timeout,
+        scope=scope,
+        keep_on_failure=on_failure == "keep",
+    )

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from pathlib import Path
 
 from provisioner.devstack.base import Component, http_answers, minimal_env
 from provisioner.devstack.errors import DevStackError
 from provisioner.devstack.process import spawn
+
+# Hosted zones every stack's Route53 holds: the tests use <random>.aeims.test, the demo a name
+# under newflirts.com.
+HOSTED_ZONES = ("aeims.test", "newflirts.com")
 
 
 def moto_server_binary() -> Path:
@@ -55,3 +60,26 @@ class Moto(Component):
 
     def probe(self) -> bool:
         return http_answers(f"{self.url}/moto-api/")
+
+    def ensure_hosted_zones(self) -> None:
+        """Create the stack's hosted zones that are missing (after a start, or a moto reset)."""
+        import boto3
+
+        route53 = boto3.client(
+            "route53",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto's dummy credentials
+        )
+        try:
+            pages = route53.get_paginator("list_hosted_zones").paginate()
+            have = {zone["Name"].rstrip(".") for page in pages for zone in page["HostedZones"]}
+            for name in HOSTED_ZONES:
+                if name not in have:
+                    reference = f"provision-dev-{name}-{uuid.uuid4().hex}"
+                    route53.create_hosted_zone(Name=name, CallerReference=reference)
+        except Exception as exc:  # botocore raises many kinds; all mean the same here
+            raise DevStackError(
+                f"cannot create moto's hosted zones: {exc}; see {self.log}"
+            ) from None

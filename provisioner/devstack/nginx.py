@@ -2,7 +2,8 @@
 
 It never touches the system nginx: `-e` is always passed (otherwise nginx opens
 /var/log/nginx/error.log before reading its config) and everything lives under the prefix.
-Vhosts written by the site steps go in `<prefix>/conf.d/*.conf`.
+As on Debian, vhosts are written to `<prefix>/sites-available/` and enabled by a link in
+`<prefix>/sites-enabled/`, which nginx.conf includes (beside `conf.d/*.conf`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class Nginx(Component):
         self.conf = self.prefix / "nginx.conf"
         self.pidfile = self.prefix / "nginx.pid"
         self.error_log = self.prefix / "logs" / "error.log"
-        self.vhost_dir = self.prefix / "conf.d"
+        self.vhost_dir = self.prefix / "sites-available"
+        self.enabled_dir = self.prefix / "sites-enabled"
+        self.conf_d = self.prefix / "conf.d"
         self.webroot = state_dir / "www" / "acme"
         self.sites_root = state_dir / "sites"
 
@@ -110,7 +113,7 @@ class Nginx(Component):
             f"    {kind}_temp_path {_quoted(tmp / kind)};" for kind in TEMP_PATHS
         )
         return f"""# Private nginx of the provision dev stack (rewritten by `provision dev up`).
-# Vhosts go in {self.vhost_dir}/*.conf.
+# Vhosts go in {self.vhost_dir}/, enabled by links in {self.enabled_dir}/.
 daemon on;
 worker_processes 1;
 {self.worker_user_line()}
@@ -120,6 +123,8 @@ events {{ worker_connections 256; }}
 http {{
     {types}
     default_type application/octet-stream;
+    # Long site names (www. + a long domain) overflow the default 64-byte buckets.
+    server_names_hash_bucket_size 128;
     access_log {_quoted(self.prefix / "logs" / "access.log")};
 {temp_lines}
     server {{
@@ -131,7 +136,8 @@ http {{
         }}
         location / {{ return 404 "no vhost\\n"; }}
     }}
-    include {_quoted(self.vhost_dir / "*.conf")};
+    include {_quoted(self.conf_d / "*.conf")};
+    include {_quoted(self.enabled_dir / "*.conf")};
 }}
 """
 
@@ -149,7 +155,13 @@ http {{
 
     def write_config(self) -> bool:
         """Write nginx.conf and test it; True when its content changed."""
-        for folder in (self.prefix / "logs", self.prefix / "tmp", self.vhost_dir):
+        for folder in (
+            self.prefix / "logs",
+            self.prefix / "tmp",
+            self.conf_d,
+            self.vhost_dir,
+            self.enabled_dir,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         for folder in (self.webroot, self.sites_root):
             folder.mkdir(parents=True, exist_ok=True)
@@ -159,7 +171,7 @@ http {{
             tested = self._nginx("-t", "-q")
             if tested.returncode != 0:
                 raise DevStackError(
-                    f"nginx rejects {self.conf} (or a vhost in {self.vhost_dir}): "
+                    f"nginx rejects {self.conf} (or a vhost in {self.enabled_dir}): "
                     f"{tested.stderr.strip()[-600:]}"
                 )
         return changed

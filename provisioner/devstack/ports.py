@@ -32,6 +32,7 @@ PORT_ENV_VARS: dict[str, str] = {
     "dns": "PROVISION_DEV_DNS_PORT",
     "chall_mgmt": "PROVISION_DEV_CHALLTESTSRV_PORT",
     "moto": "PROVISION_DEV_MOTO_PORT",
+    "billing": "PROVISION_DEV_BILLING_PORT",
 }
 PORT_NAMES: tuple[str, ...] = tuple(PORT_ENV_VARS)
 # Ports served over UDP as well as TCP (challtestsrv's DNS).

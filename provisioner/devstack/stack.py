@@ -19,6 +19,7 @@ from pathlib import Path
 
 from provisioner.config import load_settings
 from provisioner.devstack.base import Component, ComponentStatus
+from provisioner.devstack.billing import BillingServer
 from provisioner.devstack.errors import DevStackError
 from provisioner.devstack.moto import Moto
 from provisioner.devstack.nginx import Nginx
@@ -38,7 +39,7 @@ from provisioner.fsutil import FileLock, LockBusy, write_atomically
 __all__ = ["ComponentStatus", "DevStack", "DevStackError"]
 
 LOCK_WAIT_SECONDS = 120.0
-COMPONENT_NAMES = ("postgres", "nginx", "challtestsrv", "pebble", "moto")
+COMPONENT_NAMES = ("postgres", "nginx", "challtestsrv", "pebble", "moto", "billing")
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,10 @@ class Components:
     challtestsrv: ChallTestSrv
     pebble: Pebble
     moto: Moto
+    billing: BillingServer
 
     def all(self) -> list[Component]:
-        return [self.postgres, self.nginx, self.challtestsrv, self.pebble, self.moto]
+        return [self.postgres, self.nginx, self.challtestsrv, self.pebble, self.moto, self.billing]
 
 
 class DevStack:
@@ -137,6 +139,7 @@ class DevStack:
             ChallTestSrv(ports, self.state_dir),
             Pebble(ports, self.state_dir),
             Moto(ports, self.state_dir),
+            BillingServer(ports, self.state_dir),
         )
 
     def _conflicts(
@@ -192,12 +195,14 @@ class DevStack:
                 component.stop()
             self._start(components)
             env = self._env(ports, base)
-            write_if_changed(self.env_file, render_exports(env))
+            # It holds the billing server's token: readable by its owner only.
+            write_if_changed(self.env_file, render_exports(env), mode=0o600)
             return env
 
     def _start(self, components: Components) -> None:
         postgres, nginx, pebble = components.postgres, components.nginx, components.pebble
         challtestsrv, moto = components.challtestsrv, components.moto
+        billing = components.billing
         launched: set[str] = set()
 
         def launch(component: Component) -> None:
@@ -214,6 +219,7 @@ class DevStack:
 
         # moto is the slowest to come up: it imports while the others start.
         launch(moto)
+        launch(billing)
         launch(challtestsrv)
         launch(postgres)
         ready(postgres)
@@ -229,6 +235,8 @@ class DevStack:
         if not pebble.issuer_root.is_file():
             pebble.fetch_issuer_root()
         ready(moto)
+        moto.ensure_hosted_zones()
+        ready(billing)
 
     def down(self) -> list[str]:
         """Stop what this stack started (by PID files checked against /proc); names stopped."""
@@ -291,12 +299,15 @@ class DevStack:
         postgres = Postgres(ports, pg_base, self._pg_bin())
         nginx = Nginx(ports, self.state_dir)
         pebble = Pebble(ports, self.state_dir)
+        billing = BillingServer(ports, self.state_dir)
         return {
             "PROVISION_PG_DSN": postgres.dsn(),
             "PROVISION_DEV_STATE": str(self.state_dir),
             "PROVISION_NGINX_CMD": shlex.join(nginx.command()),
             "PROVISION_NGINX_PREFIX": str(nginx.prefix),
             "PROVISION_NGINX_VHOST_DIR": str(nginx.vhost_dir),
+            "PROVISION_NGINX_ENABLED_DIR": str(nginx.enabled_dir),
+            "PROVISION_NGINX_LISTEN": "127.0.0.1",
             "PROVISION_NGINX_HTTP_PORT": str(ports["http"]),
             "PROVISION_NGINX_HTTPS_PORT": str(ports["https"]),
             "PROVISION_SITES_ROOT": str(nginx.sites_root),
@@ -305,7 +316,14 @@ class DevStack:
             "PROVISION_ACME_CA_BUNDLE": str(pebble.ca_bundle),
             "PROVISION_ACME_ISSUER_ROOT": str(pebble.issuer_root),
             "PROVISION_CHALLTESTSRV_URL": ChallTestSrv(ports, self.state_dir).management_url,
+            # CAA and DNS-01 TXT records are read from challtestsrv, pebble's DNS.
+            "PROVISION_DNS_RESOLVER": f"127.0.0.1:{ports['dns']}",
+            "PROVISION_CERT_DIR": str(self.state_dir / "certs"),
             "PROVISION_AWS_ENDPOINT": Moto(ports, self.state_dir).url,
+            "PROVISION_DNS_PROVIDER": "route53",
+            "PROVISION_PUBLIC_IPV4": "127.0.0.1",
+            "PROVISION_BILLING_URL": billing.url,
+            "PROVISION_BILLING_TOKEN": billing.token(),
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",

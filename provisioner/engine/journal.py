@@ -42,6 +42,7 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # a step failed and the run was rolled back
+    FAILED_KEPT = "failed_kept"  # a step failed; what the run made was kept for inspection
     ROLLED_BACK = "rolled_back"  # undone on request
     ROLLBACK_FAILED = "rollback_failed"  # manual attention needed
     INTERRUPTED = "interrupted"  # the process died; resume or roll back

@@ -14,6 +14,7 @@ class Outcome(StrEnum):
 
     CHANGED = "changed"
     OK = "ok"  # already converged
+    SKIPPED = "skipped"  # does nothing in this configuration
     PLANNED = "planned"  # --plan: would change
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
@@ -30,6 +31,7 @@ class StepResult:
     summary: str = ""
     change: Change | None = None
     error: str | None = None
+    label: str = ""  # how the output names the step ("Database", "SSL"); the name otherwise
 
     @property
     def changed(self) -> bool:
@@ -63,7 +65,7 @@ class RunResult:
     def exit_code(self) -> int:
         if self.status == RunStatus.ROLLBACK_FAILED:
             return 3
-        if self.status == RunStatus.FAILED or self.failure:
+        if self.status in {RunStatus.FAILED, RunStatus.FAILED_KEPT} or self.failure:
             return 1
         return 0
 

@@ -107,8 +107,11 @@ class Runner:
         reporter: Reporter | None = None,
         lock_timeout: float | None = None,
         host: str | None = None,
+        keep_on_failure: bool = False,
     ) -> None:
         self.settings = settings
+        # On a failed step, keep what the run made (for inspection; `rollback` removes it later).
+        self.keep_on_failure = keep_on_failure
         self.journal = journal
         self.lock_for = lock_for
         self.reporter = reporter or Reporter()
@@ -139,6 +142,8 @@ class Runner:
                 else:
                     outcome = Outcome.OK if change is None else Outcome.PLANNED
                     summary = "no change" if change is None else change.summary
+                    if change is None and step.skipped:
+                        outcome, summary = Outcome.SKIPPED, f"skipped ({step.skipped})"
                     step_result = _step_result(index, step, outcome, summary, change)
                 result.steps.append(step_result)
                 self.reporter.step_finished(step_result)
@@ -297,10 +302,15 @@ class Runner:
     def _resume(
         self, pipeline: Pipeline, record: RunRecord, ctx: RunContext, force: bool
     ) -> RunResult:
-        if record.status not in {RunStatus.RUNNING, RunStatus.ROLLBACK_FAILED}:
+        if record.status not in {
+            RunStatus.RUNNING,
+            RunStatus.ROLLBACK_FAILED,
+            RunStatus.FAILED_KEPT,
+        }:
             raise RunStateError(
-                f"run {record.run_id} is {record.status}: only an interrupted run, or one whose "
-                "rollback failed, can be resumed (run the pipeline again to converge instead)"
+                f"run {record.run_id} is {record.status}: only an interrupted run, one whose "
+                "rollback failed, or a failed run whose changes were kept can be resumed "
+                "(run the pipeline again to converge instead)"
             )
         self._preflight(pipeline, ctx)
         self._journal_resumed(record, pipeline, "resume")
@@ -396,13 +406,18 @@ class Runner:
                 return _step_result(
                     index, step, Outcome.CHANGED, f"{first.summary} (finished earlier)", first
                 )
+            if step.skipped:
+                self._step_event(record, "step_unchanged", index, step, skipped=step.skipped)
+                return _step_result(index, step, Outcome.SKIPPED, f"skipped ({step.skipped})")
             self._step_event(record, "step_unchanged", index, step)
-            return _step_result(index, step, Outcome.OK, "no change")
+            return _step_result(index, step, Outcome.OK, _said(step, False) or "no change")
         change = step.keep_before(ctx, change)
         self._step_event(record, "step_planned", index, step, change=change.as_json())
         undo = step.apply(ctx)
         self._step_event(record, "step_applied", index, step, undo=undo)
-        return _step_result(index, step, Outcome.CHANGED, change.summary, change)
+        return _step_result(
+            index, step, Outcome.CHANGED, _said(step, True) or change.summary, change
+        )
 
     def _fail(
         self,
@@ -425,6 +440,10 @@ class Runner:
         self.reporter.step_finished(failed)
         for later_index, later in enumerate(pipeline.steps[index + 1 :], start=index + 1):
             result.steps.append(_step_result(later_index, later, Outcome.NOT_RUN))
+        if self.keep_on_failure:
+            self._finish(record, RunStatus.FAILED_KEPT, ctx)
+            result.status = str(RunStatus.FAILED_KEPT)
+            return result
         self._undo(pipeline, record, ctx, result, reason=result.failure)
         final = RunStatus.ROLLBACK_FAILED if result.left_for_manual_attention else RunStatus.FAILED
         self._finish(record, final, ctx)
@@ -462,6 +481,7 @@ class Runner:
     ) -> StepResult:
         change = Change.from_json(known.change or {"summary": known.name})
         scope = str(step.scope) if step else "?"
+        label = step.label if step else ""
         try:
             if step is None or step.name != known.name:
                 raise RuntimeError(
@@ -497,13 +517,22 @@ class Runner:
                 change.summary,
                 change,
                 error,
+                label,
             )
         self._journal(
             record, {"event": "step_rolled_back", "index": known.index, "step": known.name}
         )
         return StepResult(
-            known.index, known.name, scope, Outcome.ROLLED_BACK, change.summary, change
+            known.index, known.name, scope, Outcome.ROLLED_BACK, change.summary, change, None, label
         )
+
+
+def _said(step: Step, changed: bool) -> str | None:
+    """The step's own line about what it did; a failure to say it never fails the run."""
+    try:
+        return step.outcome(changed)
+    except Exception:
+        return None
 
 
 def _at(pipeline: Pipeline, index: int) -> Step | None:
@@ -518,4 +547,6 @@ def _step_result(
     change: Change | None = None,
     error: str | None = None,
 ) -> StepResult:
-    return StepResult(index, step.name, str(step.scope), outcome, summary, change, error)
+    return StepResult(
+        index, step.name, str(step.scope), outcome, summary, change, error, step.label
+    )

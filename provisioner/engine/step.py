@@ -146,6 +146,21 @@ class Step(ABC):
 
     name: str = "step"
     scope: Scope = Scope.HOST
+    # How the output names the step for people ("Database", "SSL"); the name when empty.
+    label: str = ""
+
+    @property
+    def skipped(self) -> str | None:
+        """Why this step does nothing in this configuration (no DNS provider set, say), or None.
+
+        A skipped step is shown as such instead of "no change"; its check finds nothing to do.
+        """
+        return None
+
+    def outcome(self, changed: bool) -> str | None:
+        """The line the output shows once the step ran (what it did, or the state it found),
+        read from the world after the fact; None shows the Change's summary or "no change"."""
+        return None
 
     def preflight(self, ctx: RunContext) -> list[str]:
         """Problems that must stop the run before its first step (missing setting, service down).

@@ -7,6 +7,7 @@ class used by a pipeline, or defined in `provisioner.steps`, that has no case.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -187,4 +188,17 @@ ROW_CASES = [
     row_case("already-converged", greetings((KEY, MESSAGE)), converged=True),
 ]
 
-CASES: list[StepCase] = [*FILE_CASES, *ROW_CASES]
+
+def _step_family_cases() -> list[StepCase]:
+    """The cases of each step family, from `tests/contract/cases_<family>.py` (each defines
+    CASES, and EXAMPLE_PARAMS for the pipelines its steps appear in)."""
+    found: list[StepCase] = []
+    folder = Path(__file__).parent
+    for path in sorted(folder.glob("cases_*.py")):
+        module = importlib.import_module(f"tests.contract.{path.stem}")
+        found.extend(module.CASES)
+        EXAMPLE_PARAMS.update(getattr(module, "EXAMPLE_PARAMS", {}))
+    return found
+
+
+CASES: list[StepCase] = [*FILE_CASES, *ROW_CASES, *_step_family_cases()]
