@@ -1,12 +1,13 @@
 """`make bench`: start-up time, then the data layer's figures, each beside a raw baseline
 from the same run. `python -m bench startup` measures start-up alone (no database needed);
-`python -m bench site` the site create alone."""
+`python -m bench site` the site create alone; `python -m bench lifecycle` 20 sites created
+serially and four at a time, their status and their renewal."""
 
 from __future__ import annotations
 
 import sys
 
-from bench import datalayer_bench, site_bench, startup_bench
+from bench import datalayer_bench, site_bench, site_lifecycle_bench, startup_bench
 
 
 def main() -> int:
@@ -15,11 +16,15 @@ def main() -> int:
         return startup_bench.main(argv[1:])
     if argv[:1] == ["site"]:
         return site_bench.main(argv[1:])
+    if argv[:1] == ["lifecycle"]:
+        return site_lifecycle_bench.main(argv[1:])
     startup = startup_bench.main([])
     print()
     data = datalayer_bench.main(argv)
     print()
-    return site_bench.main([]) or data or startup
+    site = site_bench.main([])
+    print()
+    return site_lifecycle_bench.main([]) or site or data or startup
 
 
 if __name__ == "__main__":

@@ -2,13 +2,78 @@
 
 from __future__ import annotations
 
-import json
 import random
+import re
 from pathlib import Path
+from typing import Any
 
+from provisioner.storage.jsonfile import JsonStyle, dump_json
 from provisioner.storage.passwords import hash_password
 
 SITES = ("flirts.nyc", "nycflirts.com", "bench.example.test")
+LAST_UPDATED = "2025-10-01 12:00:00"
+# PHP's json_encode(JSON_PRETTY_PRINT) with escaped slashes, written with a trailing newline.
+STYLE = JsonStyle(indent=4, escape_slashes=True, trailing_newline=True)
+# Placeholders in the one customer record that is encoded (see `customers_text`).
+_SLOT = re.compile(r"@@(\w+)@@")
+
+
+def customer(cid: str, n: str, home: str, credits: Any, hashed: str) -> dict[str, Any]:
+    """Customer number `n` as AEIMS's CustomerManager writes one."""
+    return {
+        "customer_id": cid,
+        "username": f"user{n}",
+        "email": f"user{n}@example.test",
+        "password_hash": hashed,
+        "site_domain": home,
+        "sites": [home],
+        "registration_ip": "127.0.0.1",
+        "active": True,
+        "verified": True,
+        "created_at": "2024-10-01 12:00:00",
+        "profile": {
+            "display_name": f"User {n}",
+            "bio": "",
+            "preferences": [],
+            "avatar_url": "",
+        },
+        "billing": {"credits": credits, "total_spent": 0, "payment_methods": []},
+        "stats": {"total_sessions": 0, "total_messages": 0, "total_calls": 0},
+    }
+
+
+def customers_text(customers: int, hashed: str, rng: random.Random) -> str:
+    """customers.json with `customers` records, exactly as `dump_json` writes it in STYLE.
+
+    One record with placeholders is encoded by the layer's encoder and repeated with each
+    customer's values: a million customers take seconds instead of a minute.
+    """
+    doc: dict[str, Any] = {"customers": {}, "last_updated": LAST_UPDATED}
+    if customers == 0:
+        return dump_json(doc, STYLE)
+    proto = customer("@@cid@@", "@@n@@", "@@home@@", "@@credits@@", hashed)
+    doc["customers"]["@@cid@@"] = proto
+    text = dump_json(doc, STYLE).replace('"@@credits@@"', "@@credits@@")
+    indent = "\n" + " " * 8  # before a record: two levels of STYLE's 4 spaces
+    start = text.index(indent + '"@@cid@@"') + len(indent)
+    end = text.index(indent + "}", start) + len(indent) + 1
+    parts = _SLOT.split(text[start:end])  # literal, name, literal, name, ..., literal
+    literals, names = parts[::2], parts[1::2]
+    records = []
+    for i in range(customers):
+        home = rng.choice(SITES)
+        values = {
+            "cid": f"cust_{i:07d}",
+            "n": str(i),
+            "home": home,
+            "credits": str(rng.randint(0, 500)),
+        }
+        pieces = [literals[0]]
+        for name, literal in zip(names, literals[1:], strict=True):
+            pieces.append(values[name])
+            pieces.append(literal)
+        records.append("".join(pieces))
+    return text[:start] + ("," + indent).join(records) + text[end:]
 
 
 def generate(root: Path, customers: int, operators: int, password: str, seed: int = 7) -> Path:
@@ -35,30 +100,7 @@ def generate(root: Path, customers: int, operators: int, password: str, seed: in
         }
         for d in SITES
     }
-    customer_records = {}
-    for i in range(customers):
-        cid = f"cust_{i:07d}"
-        home = rng.choice(SITES)
-        customer_records[cid] = {
-            "customer_id": cid,
-            "username": f"user{i}",
-            "email": f"user{i}@example.test",
-            "password_hash": hashed,
-            "site_domain": home,
-            "sites": [home],
-            "registration_ip": "127.0.0.1",
-            "active": True,
-            "verified": True,
-            "created_at": "2024-10-01 12:00:00",
-            "profile": {
-                "display_name": f"User {i}",
-                "bio": "",
-                "preferences": [],
-                "avatar_url": "",
-            },
-            "billing": {"credits": rng.randint(0, 500), "total_spent": 0, "payment_methods": []},
-            "stats": {"total_sessions": 0, "total_messages": 0, "total_calls": 0},
-        }
+    (data / "customers.json").write_text(customers_text(customers, hashed, rng))
     operator_records = {}
     for i in range(operators):
         oid = f"op_{i:05d}"
@@ -77,16 +119,12 @@ def generate(root: Path, customers: int, operators: int, password: str, seed: in
         }
 
     def dump(path: Path, value: object) -> None:
-        path.write_text(json.dumps(value, indent=4, ensure_ascii=False).replace("/", "\\/") + "\n")
+        path.write_text(dump_json(value, STYLE))
 
-    dump(data / "sites.json", {"sites": sites, "last_updated": "2025-10-01 12:00:00"})
-    dump(
-        data / "customers.json",
-        {"customers": customer_records, "last_updated": "2025-10-01 12:00:00"},
-    )
+    dump(data / "sites.json", {"sites": sites, "last_updated": LAST_UPDATED})
     dump(data / "operators.json", {"operators": operator_records})
     dump(agents / "operators.json", operator_records)
-    dump(data / "messages.json", {"messages": {}, "last_updated": "2025-10-01 12:00:00"})
+    dump(data / "messages.json", {"messages": {}, "last_updated": LAST_UPDATED})
     dump(data / "accounts.json", {})
     dump(data / "account_locks.json", {})
     return root

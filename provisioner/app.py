@@ -10,7 +10,13 @@ from provisioner.config import Settings
 from provisioner.engine import pipeline as pipelines
 from provisioner.secret_names import SECRET_KEYS
 
-PIPELINE_MODULES: tuple[str, ...] = ("provisioner.demo.pipeline", "provisioner.site.pipelines")
+PIPELINE_MODULES: tuple[str, ...] = (
+    "provisioner.demo.pipeline",
+    "provisioner.site.pipelines",
+    "provisioner.site.destroy",
+    "provisioner.site.lifecycle",
+    "provisioner.site.renewal",
+)
 
 __all__ = ["PIPELINE_MODULES", "SECRET_KEYS", "prepare"]
 

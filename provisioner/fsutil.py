@@ -49,6 +49,48 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int = 0) -> None:
+    """os.pwrite may write less than asked: loop until all of `data` is at `offset`."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def grow_with_zeros(fd: int, needed: int) -> None:
+    """Make the file at least `needed` bytes long (a quarter more, at least 64 KiB more) by
+    writing zeros: real blocks, so that later writes within them overwrite blocks the file
+    has and their fdatasync needs no journal commit (posix_fallocate leaves unwritten extents,
+    whose first write is a metadata change again)."""
+    size = os.fstat(fd).st_size
+    if size >= needed:
+        return
+    target = needed + needed // 4 + (64 << 10)
+    chunk = bytes(min(target - size, 1 << 20))
+    while size < target:
+        size += os.pwrite(fd, chunk[: target - size], size)
+
+
+def open_or_create(
+    path: Path,
+    flags: int,
+    mode: int = 0o600,
+    make_folder: Callable[[Path], object] = private_dir,
+) -> tuple[int, bool]:
+    """An fd of `path` opened with `flags`, the file created (`mode`, its folder made with
+    `make_folder`) when missing; and whether it was created, so that the caller fsyncs the
+    folder once the file holds something (else the new file itself may be lost)."""
+    try:
+        return os.open(path, flags), False
+    except FileNotFoundError:
+        make_folder(path.parent)
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+    except FileExistsError:  # another writer created it meanwhile
+        return os.open(path, flags), False
+
+
 def _as_bytes(content: str | bytes) -> bytes:
     return content.encode("utf-8") if isinstance(content, str) else content
 
@@ -306,9 +348,11 @@ class FileLock:
             return True
 
 
-def lock_current_inode(path: Path, *, exclusive: bool = True) -> int | None:
+def lock_current_inode(path: Path, *, exclusive: bool = True, writable: bool = False) -> int | None:
     """An fd of the file now at `path`, held under flock (LOCK_EX, or LOCK_SH); None when the
-    file does not exist. The caller closes the fd, which releases the lock.
+    file does not exist. The caller closes the fd, which releases the lock. `writable` opens
+    it read-write (to rewrite it in place); PermissionError when it cannot be written. A
+    symlink is followed: the lock and any write are on the file it points to.
 
     For files that are replaced by rename while others lock the file itself (not a separate
     lock file, e.g. to share the lock with another program): a waiter that gets the lock after
@@ -317,9 +361,10 @@ def lock_current_inode(path: Path, *, exclusive: bool = True) -> int | None:
     the new file locked instead.
     """
     operation = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
     while True:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             return None
         try:

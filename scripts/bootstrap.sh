@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for provisioner: the system packages the local stack needs (nginx,
-# pebble, PostgreSQL 15) when absent, then .venv with the package and its dev extras pinned by
-# constraints.txt. Idempotent and quick when nothing changed (a stamp holds the inputs' hash).
+# pebble, PostgreSQL 15) and the PHP interpreter the tests run beside the data layer (php-cli)
+# when absent, then .venv with the package and its dev extras pinned by constraints.txt.
+# Idempotent and quick when nothing changed (a stamp holds the inputs' hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need_apt+=(pebble)
 [ -x "$PGBIN/initdb" ] || need_apt+=(postgresql-15)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v php >/dev/null || need_apt+=(php-cli)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then SUDO=(sudo); else

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -64,3 +67,22 @@ def closed_port_dsn() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"host=127.0.0.1 port={port} user=postgres dbname=provision connect_timeout=1"
+
+
+@contextmanager
+def layers_closed_after(monkeypatch: Any) -> Iterator[None]:
+    """Every DataLayer opened meanwhile is closed at the end (before a test's database is
+    dropped: a pool left to the garbage collector outlives its database)."""
+    opened: list[DataLayer] = []
+    init = DataLayer.__init__
+
+    def init_and_track(layer: DataLayer, *args: Any, **kwargs: Any) -> None:
+        init(layer, *args, **kwargs)
+        opened.append(layer)
+
+    monkeypatch.setattr(DataLayer, "__init__", init_and_track)
+    try:
+        yield
+    finally:
+        for layer in opened:
+            layer.close()

@@ -22,7 +22,10 @@ from provisioner.fsutil import (
     create_atomically,
     file_lock,
     fsync_dir,
+    grow_with_zeros,
     lock_current_inode,
+    open_or_create,
+    pwrite_all,
     write_atomically,
 )
 
@@ -142,6 +145,40 @@ def test_append_durably_writes_everything_despite_short_writes(
     append_durably(path, b"a whole record\n")
     monkeypatch.undo()
     assert path.read_bytes() == b"a whole record\n"
+
+
+def test_pwrite_all_writes_everything_at_its_offset_despite_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwrite = os.pwrite
+
+    def one_byte_at_a_time(fd: int, data: bytes, offset: int) -> int:
+        return real_pwrite(fd, bytes(data[:1]), offset)
+
+    path = tmp_path / "data"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_RDWR)
+    monkeypatch.setattr(fsutil.os, "pwrite", one_byte_at_a_time)
+    pwrite_all(fd, memoryview(b"abcd")[1:], 3)
+    monkeypatch.undo()
+    os.close(fd)
+    assert path.read_bytes() == b"012bcd6789"
+
+
+def test_grow_with_zeros_and_open_or_create(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "private" / "copy"
+    fd, created = open_or_create(path, os.O_RDWR, 0o600)
+    assert created and mode_of(path) == 0o600 and mode_of(path.parent) == 0o700
+    os.write(fd, b"kept")
+    grow_with_zeros(fd, 100)
+    assert path.read_bytes().startswith(b"kept\0") and path.stat().st_size >= 100
+    size = path.stat().st_size
+    grow_with_zeros(fd, 10)  # long enough already: unchanged, never shrunk
+    os.close(fd)
+    assert path.stat().st_size == size
+    fd, created = open_or_create(path, os.O_RDWR, 0o600)
+    os.close(fd)
+    assert not created
 
 
 def test_own_line_starts_a_new_line_after_a_torn_last_line(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.storage import jsonfile
+from provisioner.storage import write_ahead
 from provisioner.storage.jsonfile import (
     NO_CHANGE,
     GroupCommitter,
@@ -331,7 +331,9 @@ def add_item(key: str, value: Any) -> Any:
     return fn
 
 
-def test_update_writes_atomically_in_the_files_own_style(tmp_path: Path) -> None:
+def test_update_rewrites_the_same_inode_in_the_files_own_style(tmp_path: Path) -> None:
+    """In place, as PHP writes (a rename would strand a PHP writer waiting for the lock on
+    the old inode), and the durable copy is emptied once the rewrite is durable."""
     path = tmp_path / "domains.json"
     path.write_text('{\n  "items": {\n    "a": "x/y"\n  }\n}\n')
     inode = os.stat(path).st_ino
@@ -339,8 +341,9 @@ def test_update_writes_atomically_in_the_files_own_style(tmp_path: Path) -> None
     assert path.read_text() == (
         '{\n  "items": {\n    "a": "x/y",\n    "b": [\n      1,\n      2\n    ]\n  }\n}\n'
     )
-    assert os.stat(path).st_ino != inode  # replaced, not rewritten in place
+    assert os.stat(path).st_ino == inode
     assert temp_leftovers(tmp_path) == []
+    assert not write_ahead.pending(path)
 
 
 def test_update_keeps_mode_and_owner(tmp_path: Path) -> None:
@@ -400,21 +403,28 @@ def test_an_unencodable_value_leaves_the_file_untouched(tmp_path: Path) -> None:
     assert temp_leftovers(tmp_path) == []
 
 
-def test_a_failed_rename_leaves_the_original_and_no_temp_file(
+def test_a_rewrite_cut_short_by_a_full_disk_puts_the_old_content_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "a.json"
     path.write_text('{"items": {}}')
+    real_pwrite_all = write_ahead.pwrite_all
+    failures = iter([True])
 
-    def refuse(src: str, dst: str) -> None:
-        raise OSError(28, "No space left on device")
+    def half_then_full(fd: int, data: Any, offset: int = 0) -> None:
+        data_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+        if data_file and len(data) > 1 and next(failures, False):
+            real_pwrite_all(fd, data[: len(data) // 2], offset)
+            raise OSError(28, "No space left on device")
+        real_pwrite_all(fd, data, offset)
 
-    monkeypatch.setattr(jsonfile.os, "replace", refuse)
-    with pytest.raises(OSError, match="No space left"):
+    monkeypatch.setattr(write_ahead, "pwrite_all", half_then_full)
+    with pytest.raises(JsonFileError, match=r"No space left.*old content was put back"):
         locked_update(path, add_item("a", 1))
     monkeypatch.undo()
     assert path.read_text() == '{"items": {}}'
     assert temp_leftovers(tmp_path) == []
+    assert not write_ahead.pending(path)
 
 
 def test_a_missing_file_is_created_only_when_something_is_written(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from tests.datalayer_support import (
     closed_port_dsn,
     copy_root,
     layer_in,
+    layers_closed_after,
     migrate,
     pg_record,
 )
@@ -62,17 +63,8 @@ def dsn(fresh_pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A migrated empty database; every DataLayer the test opens is closed before it is dropped
     (a pool left to the garbage collector outlives its database)."""
     migrate(fresh_pg_dsn)
-    opened: list[DataLayer] = []
-    init = DataLayer.__init__
-
-    def init_and_track(layer: DataLayer, *args: Any, **kwargs: Any) -> None:
-        init(layer, *args, **kwargs)
-        opened.append(layer)
-
-    monkeypatch.setattr(DataLayer, "__init__", init_and_track)
-    yield fresh_pg_dsn
-    for layer in opened:
-        layer.close()
+    with layers_closed_after(monkeypatch):
+        yield fresh_pg_dsn
 
 
 class GatedProxy(TcpProxy):
@@ -140,25 +132,26 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
 
 
 @contextmanager
-def read_only_folder(folder: Path) -> Iterator[None]:
-    """The folder refuses new files, even to root (whom a 0555 mode does not stop)."""
+def read_only(path: Path) -> Iterator[None]:
+    """The file (or folder) refuses writes, even to root (whom a 0444/0555 mode does not
+    stop)."""
     if os.geteuid() != 0:
-        mode = folder.stat().st_mode
-        folder.chmod(0o555)
+        mode = path.stat().st_mode
+        path.chmod(0o555 if path.is_dir() else 0o444)
         try:
             yield
         finally:
-            folder.chmod(mode)
+            path.chmod(mode)
         return
     chattr = shutil.which("chattr")
     if chattr is None:
-        pytest.skip("running as root without chattr: cannot make a folder read-only")
-    if subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr: cannot make a file read-only")
+    if subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode != 0:
         pytest.skip("this filesystem has no immutable flag")
     try:
         yield
     finally:
-        subprocess.run([chattr, "-i", str(folder)], check=True)
+        subprocess.run([chattr, "-i", str(path)], check=True)
 
 
 # ============================================================================================
@@ -376,17 +369,17 @@ def test_a_slow_writer_does_not_leave_postgresql_behind_json(root: Path, dsn: st
         gated.cut()
 
 
-@pytest.mark.parametrize("breakage", ["bad_file", "read_only_folder"])
+@pytest.mark.parametrize("breakage", ["bad_file", "read_only_file"])
 def test_a_failed_json_write_does_not_reach_postgresql(root: Path, dsn: str, breakage: str) -> None:
     """PHP: a failed JSON write still triggered the DB write, so the DB held what JSON never
-    did. Here the JSON half failing (a malformed file, a file of the wrong shape, a folder
-    that refuses the temp file) is a clear error naming the file, and nothing reaches
+    did. Here the JSON half failing (a malformed file, a file of the wrong shape, a file
+    that refuses writes) is a clear error naming the file, and nothing reaches
     PostgreSQL, directly or through the outbox."""
     layer = layer_in(root, dsn, Phase.DUAL_WRITE_READ_JSON)
     alice = with_credits(layer, "alice", 999)
     path = root / "data/customers.json"
-    if breakage == "read_only_folder":
-        attempts = [(path.read_bytes(), read_only_folder(root / "data"))]
+    if breakage == "read_only_file":  # files are rewritten in place: the folder may be read-only
+        attempts = [(path.read_bytes(), read_only(path))]
     else:
         truncated = path.read_bytes()[:-40]
         attempts = [

@@ -15,6 +15,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,19 @@ STEPS = ["record", "files", "nginx", "dns", "certificate", "operators", "billing
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """The command's environment: the stack's settings, a private state and AEIMS copy."""
+    """The command's environment: the stack's settings, a private state and AEIMS copy, and a
+    certificate folder of its own (its rate-limit ledger: the stack's shared one fills up over
+    many runs) kept under the stack's state, because the stack's nginx keeps loading any vhost
+    a test leaves, and one naming deleted certificate files breaks `nginx -t` for everyone."""
     data = tmp_path / "aeims"
     shutil.copytree(FIXTURES, data)
+    stack = stack_env()
+    certs = Path(stack["PROVISION_DEV_STATE"]) / "test-certs" / f"create-{uuid.uuid4().hex[:8]}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
     return {
         **base,
-        **stack_env(),
+        **stack,
+        "PROVISION_CERT_DIR": str(certs),
         "PROVISION_STATE_DIR": str(tmp_path / "state"),
         "PROVISION_DATA_DIR": str(data),
         "PROVISION_PIPELINE_MODULES": "tests.site_pipelines",

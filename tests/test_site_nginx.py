@@ -317,7 +317,7 @@ def test_a_vhost_written_but_never_reloaded_is_reloaded(
 
 def test_reloads_are_serialized_on_the_host(settings: Settings, new_site: SiteSpec) -> None:
     impatient = replace(settings, lock_timeout=0.2)
-    held = file_lock(settings.state_dir / "locks" / "nginx-reload.lock")
+    held = file_lock(nginx_control.Nginx(settings).reload_lock_path)
     with held, pytest.raises(NginxError, match="another run has been reloading nginx"):
         NginxStep(new_site, impatient).apply(ctx(impatient))
     assert vhost_paths(settings, new_site.domain)["vhost"] == {"kind": "absent"}

@@ -93,6 +93,7 @@ def test_an_installed_wheel_finds_both_site_templates(tmp_path: Path) -> None:
             "PROVISION_STATE_DIR": str(tmp_path / "state"),
             "PROVISION_DATA_DIR": str(data),
             "PROVISION_JOURNAL": "files",
+            "PROVISION_CERT_DIR": str(tmp_path / "certs"),  # a ledger of its own
         },
     )
     assert planned.returncode == 0, planned.stdout + planned.stderr

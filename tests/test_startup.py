@@ -71,7 +71,7 @@ def test_top_level_help_imports_no_command_module() -> None:
 
 @pytest.mark.parametrize(
     "group",
-    ["run", "demo", "data", "dev", "runs", "site"],
+    ["run", "demo", "data", "dev", "runs", "site", "certs"],
 )
 def test_group_help_imports_only_its_own_module(group: str) -> None:
     assert heavy_in(modules_after(group, "--help")) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -52,7 +52,7 @@ def data() -> None:
 @data.command("health")
 @json_option
 def health(as_json: bool) -> None:
-    """Phase, database reachability, circuit breaker and outbox depth; exit 1 when degraded."""
+    """Phase, database, breaker, outbox, unfinished writes, quarantine; exit 1 when degraded."""
     from provisioner.cli.output import dumps
     from provisioner.storage.phase import PhaseError
 
@@ -77,25 +77,73 @@ def health(as_json: bool) -> None:
         click.echo(f"phase:        {report['phase']}{override}")
         click.echo(f"database:     {reach}")
         click.echo(f"breaker:      {report['breaker']}")
-        click.echo(f"outbox depth: {report['outbox_depth']}")
+        for line in _pending_lines(report):
+            click.echo(line)
         for error in report["json_file_errors"]:
             click.echo(f"json file:    {error}")
         click.echo("status:       " + ("DEGRADED" if report["degraded"] else "ok"))
     sys.exit(EXIT_DEGRADED if report["degraded"] else 0)
 
 
+def _ago(seconds: float | None) -> str:
+    return "" if seconds is None else f" (oldest {seconds:.1f} s ago)"
+
+
+def _pending_lines(report: dict[str, Any]) -> list[str]:
+    """What waits for PostgreSQL, what it refused, what PHP reverted: one line each."""
+    outbox, intents, quarantine = report["outbox"], report["intents"], report["quarantine"]
+    lines = [f"outbox depth: {outbox['depth']}{_ago(outbox['oldest_age_seconds'])}"]
+    if outbox["error"]:
+        lines.append(f"outbox:       UNREADABLE ({outbox['error']})")
+    if outbox["corrupt_lines"]:
+        lines.append(
+            f"outbox:       {outbox['corrupt_lines']} damaged line(s), for a human: "
+            ".provision/outbox.corrupt once drained"
+        )
+    if intents["abandoned"]:
+        lines.append(
+            f"intents:      {intents['abandoned']} left by unfinished writes"
+            f"{_ago(intents['oldest_age_seconds'])}; `provision data reconcile` replays them"
+        )
+    if quarantine["count"] is None:
+        lines.append(f"quarantine:   UNREADABLE ({quarantine.get('error')})")
+    elif quarantine["count"]:
+        per_entity = ", ".join(f"{e} {n}" for e, n in quarantine["by_entity"].items())
+        lines.append(
+            f"quarantine:   {quarantine['count']} record(s) PostgreSQL refuses ({per_entity}); "
+            "--json lists them"
+        )
+    reapplied = report["reapplied_writes"]
+    if reapplied.get("reapplied_writes"):
+        lines.append(f"reapplied:    {reapplied['reapplied_writes']} write(s) PHP had reverted")
+    for path in reapplied.get("interrupted_writes") or ():
+        lines.append(f"interrupted:  {path} (a write cut short; the next access repairs it)")
+    if reapplied.get("error"):
+        lines.append(f"reapplied:    UNREADABLE ({reapplied['error']})")
+    return lines
+
+
 @data.command("reconcile")
 @json_option
 def reconcile(as_json: bool) -> None:
-    """Replay the outbox into PostgreSQL now (it drains by itself too once the database is back)."""
+    """Write again what PHP's stale writes reverted and complete interrupted writes (run it
+    every minute: docs/data-layer.md), then replay the outbox into PostgreSQL (it drains by
+    itself too once the database is back) and retry quarantined records; exit 1 while a file
+    could not be checked or PostgreSQL still refuses records."""
     from provisioner.cli.output import dumps
     from provisioner.storage.datalayer import DataUnavailable
+    from provisioner.storage.jsonfile import reconcile_recent_writes
+    from provisioner.storage.outbox import OutboxUnreadable
 
     layer = _layer(as_json)
     try:
+        reapplied, unchecked = reconcile_recent_writes(layer.data_dir)
+        for problem in unchecked:
+            click.echo(f"not checked: {problem}", err=True)
         applied = layer.reconcile()
         depth = layer.outbox.depth()
-    except DataUnavailable as exc:
+        quarantined = len(layer.quarantine.records())
+    except (DataUnavailable, OutboxUnreadable) as exc:
         fail(
             f"could not replay the outbox: {exc}; it is kept for the next try",
             EXIT_DEGRADED,
@@ -106,8 +154,23 @@ def reconcile(as_json: bool) -> None:
     if as_json:
         click.echo(
             dumps(
-                {"changed": applied > 0, "failed": False, "applied": applied, "outbox_depth": depth}
+                {
+                    "changed": applied > 0 or reapplied > 0,
+                    "failed": bool(unchecked),
+                    "applied": applied,
+                    "outbox_depth": depth,
+                    "quarantined": quarantined,
+                    "reapplied": reapplied,
+                    "unchecked_files": unchecked,
+                }
             )
         )
     else:
-        click.echo(f"replayed {applied} outbox entr{'y' if applied == 1 else 'ies'}; {depth} left")
+        plural = "" if reapplied == 1 else "s"
+        click.echo(f"wrote again {reapplied} record{plural} PHP had reverted")
+        click.echo(
+            f"replayed {applied} record{'' if applied == 1 else 's'}; {depth} left in the outbox, "
+            f"{quarantined} quarantined (PostgreSQL refuses them)"
+        )
+    if unchecked or quarantined:
+        sys.exit(EXIT_DEGRADED)

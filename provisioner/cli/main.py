@@ -21,6 +21,12 @@ EXIT_BUG = 70  # EX_SOFTWARE: an internal error, not the user's input
 # name -> (module, attribute, one-line help shown by `provision --help` without importing it),
 # and whether the module may be absent from an install (the local stack, the data layer).
 LAZY_COMMANDS: dict[str, tuple[str, str, str, bool]] = {
+    "certs": (
+        "provisioner.cli.certs",
+        "certs",
+        "Certificates over time: status with expiry alerts, and renewal of what is due.",
+        False,
+    ),
     "data": (
         "provisioner.cli.data",
         "data",

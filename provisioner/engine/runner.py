@@ -119,17 +119,28 @@ class Runner:
         self.host = host or socket.gethostname()
         self.checkpoint_root: Path = settings.state_dir / "checkpoints"
         self._held: list[TargetLock] = []
+        # Clients kept across runs by whoever set this (a status report of many sites opens
+        # one Route53 client, not one per site); that owner closes them, not the runner.
+        self.shared_clients: dict[Any, Any] | None = None
 
     # -------------------------------------------------------------------- entry points
-    def plan(self, pipeline: Pipeline, scopes: Collection[Scope] | None = None) -> RunResult:
+    def plan(
+        self,
+        pipeline: Pipeline,
+        scopes: Collection[Scope] | None = None,
+        *,
+        preflight: bool = True,
+    ) -> RunResult:
         """What a run would change, with diffs; changes nothing and takes no lock.
 
         A `check` that raises is that step's failure (the others are still checked), so a
-        status report can show every step.
+        status report can show every step. A status report also passes `preflight=False`: a
+        service that is down is then that step's error, not a refusal of the whole report.
         """
         pipeline = self._scoped(pipeline, scopes)
         with self._context(pipeline, "plan", checkpoints=False) as ctx:
-            self._preflight(pipeline, ctx)
+            if preflight:
+                self._preflight(pipeline, ctx)
             self.reporter.run_started(pipeline, None, "plan")
             result = self._result(pipeline, None, "planned")
             for index, step in enumerate(pipeline.steps):
@@ -236,6 +247,7 @@ class Runner:
             settings=self.settings,
             progress=self.reporter.progress,
             checkpoints=Checkpoints(self.checkpoint_root, run_id) if checkpoints else None,
+            shared=self.shared_clients,
         )
         try:
             yield ctx

@@ -113,16 +113,21 @@ class RunContext:
     # Where big before-states are kept (a folder per run); None where the run keeps none.
     checkpoints: Checkpoints | None = None
     _clients: dict[Client[Any], Any] = field(default_factory=dict, repr=False)
+    # Clients that outlive the run (opened into it, closed by its owner, never by the run).
+    shared: dict[Client[Any], Any] | None = field(default=None, repr=False)
 
     def client(self, kind: Client[T]) -> T:
         """The run's shared client of this kind, opened on first use."""
-        if kind not in self._clients:
-            self._clients[kind] = kind.open(self)
-        return cast(T, self._clients[kind])
+        clients = self._clients if self.shared is None else self.shared
+        if kind not in clients:
+            clients[kind] = kind.open(self)
+        return cast(T, clients[kind])
 
     def forget_client(self, kind: Client[Any]) -> None:
         """Close and drop a client (e.g. a connection that broke), so the next use reopens it."""
         client = self._clients.pop(kind, None)
+        if client is None and self.shared is not None:
+            client = self.shared.pop(kind, None)
         if client is not None:
             kind.close(client)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import email.utils
 import hashlib
 import json
 import secrets
@@ -292,6 +293,41 @@ def new_key_pem() -> bytes:
     )
 
 
+# Errors a CA answers an order's `replaces` with when it will not link the two certificates.
+REPLACES_REFUSED = ("alreadyReplaced", "malformed", "conflict")
+
+
+class ReplacingOrder(messages.NewOrder):
+    """A newOrder payload with RFC 9773's `replaces` (the ARI id of the certificate this order
+    renews), which Let's Encrypt needs to exempt a renewal from its rate limits; the `acme`
+    library (5.x) has no such field."""
+
+    replaces: str = jose.field("replaces", omitempty=True)
+
+
+def new_order(
+    acme: client.ClientV2, csr_pem: bytes, profile: str | None, replaces: str | None
+) -> messages.OrderResource:
+    """`ClientV2.new_order`, with `replaces` in the payload when given."""
+    if not replaces:
+        return acme.new_order(csr_pem, profile=profile)
+    csr = x509.load_pem_x509_csr(csr_pem)
+    dns_names, _ = acme_crypto.get_identifiers_from_x509(csr.subject, csr.extensions)
+    identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in dns_names]
+    payload = ReplacingOrder(identifiers=identifiers, profile=profile or "", replaces=replaces)
+    response = acme._post(acme.directory["newOrder"], payload)
+    body = messages.Order.from_json(response.json())
+    authorizations = [
+        acme._authzr_from_response(acme._post_as_get(url), uri=url) for url in body.authorizations
+    ]
+    return messages.OrderResource(
+        body=body,
+        uri=response.headers.get("Location"),
+        authorizations=authorizations,
+        csr_pem=csr_pem,
+    )
+
+
 def _poll(fetch: Callable[[], Any], done: Callable[[Any], bool], deadline: float) -> Any:
     """Poll at 50 ms, backing off to 1 s, until `done` or the deadline (then AcmeError)."""
     pause = POLL_FIRST
@@ -317,18 +353,25 @@ def issue(
     answerer: Answerer,
     profile: str | None,
     timeout: float = 90.0,
+    replaces: str | None = None,
 ) -> str:
-    """Order, answer every pending authorization, finalize: the fullchain PEM."""
+    """Order (naming the certificate it `replaces`, RFC 9773), answer every pending
+    authorization, finalize: the fullchain PEM."""
     deadline = time.monotonic() + timeout
     acme = session.acme
     csr = acme_crypto.make_csr(key_pem, list(names))
     try:
-        order = acme.new_order(csr, profile=profile)
+        order = new_order(acme, csr, profile, replaces)
     except messages.Error as exc:
-        if exc.code != "accountDoesNotExist":
+        if exc.code in REPLACES_REFUSED and replaces:
+            # The CA does not know the old certificate (another CA's), or it was already
+            # replaced: a plain order still renews, it is only not exempt from rate limits.
+            order = new_order(acme, csr, profile, None)
+        elif exc.code != "accountDoesNotExist":
             raise AcmeError(f"the CA refused the order: {exc.detail or exc}") from None
-        session.register()  # the CA forgot us (pebble restarted): register the same key again
-        order = acme.new_order(csr, profile=profile)
+        else:
+            session.register()  # the CA forgot us (pebble restarted): register the key again
+            order = new_order(acme, csr, profile, replaces)
     try:
         pending = []
         for authz in order.authorizations:
@@ -379,6 +422,29 @@ def _finalize(acme: client.ClientV2, order: messages.OrderResource, deadline: fl
     return str(acme._post_as_get(body.certificate).text)
 
 
+# ------------------------------------------------------------------------------ revocation
+
+# RFC 5280 reason code 5: the site is gone (one of the reasons Let's Encrypt accepts).
+CESSATION_OF_OPERATION = 5
+
+
+def revoke(
+    settings: Settings, cert: x509.Certificate, reason: int = CESSATION_OF_OPERATION
+) -> None:
+    """Revoke `cert` with this host's account (the one that ordered it); a certificate the CA
+    already revoked counts as done, so a destroy resumed after a crash can revoke again."""
+    session = open_session(settings, fetch_directory(settings))
+    try:
+        session.acme.revoke(cert, reason)
+    except messages.Error as exc:
+        if exc.code == "alreadyRevoked":
+            return
+        raise AcmeError(
+            f"the CA refused to revoke serial {cert.serial_number:x}: {exc.detail or exc}; "
+            "retry, or destroy with --keep-certificate (it then expires unused)"
+        ) from None
+
+
 # ------------------------------------------------------------------------------ renewal info
 
 
@@ -394,10 +460,38 @@ def ari_cert_id(cert: x509.Certificate) -> str:
     return f"{_b64(aki.key_identifier or b'')}.{_b64(serial_der)}"
 
 
-def renewal_window(
+@dataclass(frozen=True)
+class RenewalInfo:
+    """The CA's ARI answer: its suggested window, and when to ask again (Retry-After)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    retry_after: float
+
+
+ARI_RETRY_DEFAULT = 6 * 3600.0  # RFC 9773 §4.3: a missing or bad Retry-After means 6 hours
+ARI_RETRY_BOUNDS = (60.0, 86400.0)  # a CA's odd value neither hammers it nor waits days
+
+
+def _retry_after(value: str | None) -> float:
+    if not value:
+        return ARI_RETRY_DEFAULT
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return ARI_RETRY_DEFAULT
+        seconds = (moment - dt.datetime.now(dt.UTC)).total_seconds()
+    low, high = ARI_RETRY_BOUNDS
+    return min(high, max(low, seconds))
+
+
+def renewal_info(
     settings: Settings, directory: messages.Directory, cert: x509.Certificate
-) -> tuple[dt.datetime, dt.datetime] | None:
-    """The CA's suggested renewal window for `cert`, or None when it offers no ARI."""
+) -> RenewalInfo | None:
+    """The CA's ARI answer for `cert`, or None when its directory offers no `renewalInfo`."""
     try:
         base = directory["renewalInfo"]
     except KeyError:
@@ -408,4 +502,13 @@ def renewal_window(
     answer = httpx.get(url, timeout=10.0, verify=verify)
     answer.raise_for_status()
     info = messages.RenewalInfo.from_json(answer.json())
-    return info.suggested_window.start, info.suggested_window.end
+    window = info.suggested_window
+    return RenewalInfo(window.start, window.end, _retry_after(answer.headers.get("Retry-After")))
+
+
+def renewal_window(
+    settings: Settings, directory: messages.Directory, cert: x509.Certificate
+) -> tuple[dt.datetime, dt.datetime] | None:
+    """The CA's suggested renewal window for `cert`, or None when it offers no ARI."""
+    info = renewal_info(settings, directory, cert)
+    return None if info is None else (info.start, info.end)

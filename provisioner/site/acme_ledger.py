@@ -23,6 +23,10 @@ FAILED_PER_NAME_PER_HOUR = 5
 CERTS_PER_REGISTERED_DOMAIN_PER_WEEK = 50
 CERTS_PER_NAME_SET_PER_WEEK = 5
 ORDERS_PER_ACCOUNT_PER_3_HOURS = 300
+# After a failed validation a name waits before its next order, doubling per failure in a row
+# (reset by an issuance), as Let's Encrypt's integration guide asks of clients.
+BACKOFF_FIRST = dt.timedelta(minutes=5)
+BACKOFF_MAX = dt.timedelta(hours=6)
 
 
 def registered_domain(name: str) -> str:
@@ -66,8 +70,14 @@ class Ledger:
             body = json.dumps({"version": 1, "events": kept}, indent=1) + "\n"
             write_atomically(self.path, body, 0o600)
 
-    def refusal(self, names: tuple[str, ...], account: str | None = None) -> str | None:
-        """Why the next order for `names` must not be sent, or None when the budget allows it."""
+    def refusal(
+        self, names: tuple[str, ...], account: str | None = None, renewal: bool = False
+    ) -> str | None:
+        """Why the next order for `names` must not be sent, or None when the budget allows it.
+
+        `renewal`: the order renews a certificate for exactly these names, which Let's Encrypt
+        exempts from its per-registered-domain and orders-per-account limits (boulder#7508).
+        """
         now = _now()
         events = self.events()
         for name in names:
@@ -77,16 +87,19 @@ class Ledger:
                 if e.get("kind") == "failed" and name in e.get("names", []) and now - _at(e) < HOUR
             ]
             if len(failed) >= FAILED_PER_NAME_PER_HOUR:
-                again = (min(failed) + HOUR).strftime("%H:%M UTC")
+                again = (min(failed) + HOUR).strftime("%Y-%m-%d %H:%M UTC")
                 return (
                     f"{len(failed)} failed validations for {name} in the last hour (Let's "
                     f"Encrypt allows {FAILED_PER_NAME_PER_HOUR}); fix the challenge and retry "
                     f"after {again}"
                 )
+        waiting = self.backoff(names, events, now)
+        if waiting:
+            return waiting
         issued = [e for e in events if e.get("kind") == "issued" and now - _at(e) < WEEK]
         domain = registered_domain(names[0])
         same_domain = [e for e in issued if e.get("registered") == domain]
-        if len(same_domain) >= CERTS_PER_REGISTERED_DOMAIN_PER_WEEK:
+        if not renewal and len(same_domain) >= CERTS_PER_REGISTERED_DOMAIN_PER_WEEK:
             return (
                 f"{len(same_domain)} certificates for {domain} in the last 7 days (Let's Encrypt "
                 f"allows {CERTS_PER_REGISTERED_DOMAIN_PER_WEEK}); wait, or reuse a certificate"
@@ -103,11 +116,38 @@ class Ledger:
             for e in events
             if e.get("kind") == "order" and now - _at(e) < window and e.get("account") == account
         ]
-        if account and len(orders) >= ORDERS_PER_ACCOUNT_PER_3_HOURS:
+        if account and not renewal and len(orders) >= ORDERS_PER_ACCOUNT_PER_3_HOURS:
             return (
                 f"{len(orders)} orders by this ACME account in 3 hours (Let's Encrypt allows "
                 f"{ORDERS_PER_ACCOUNT_PER_3_HOURS}); wait before ordering again"
             )
+        return None
+
+    @staticmethod
+    def backoff(
+        names: tuple[str, ...], events: list[dict[str, Any]], now: dt.datetime
+    ) -> str | None:
+        """Why a name that just failed validation must wait, or None: each failure in a row
+        since its last issuance doubles the wait, from BACKOFF_FIRST up to BACKOFF_MAX."""
+        for name in names:
+            streak: list[dt.datetime] = []
+            for event in sorted(events, key=_at):
+                if name not in event.get("names", []):
+                    continue
+                if event.get("kind") == "issued":
+                    streak = []
+                elif event.get("kind") == "failed":
+                    streak.append(_at(event))
+            if not streak:
+                continue
+            wait = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (len(streak) - 1))
+            again = streak[-1] + wait
+            if now < again:
+                return (
+                    f"{name} failed validation {len(streak)} time(s) in a row, the last at "
+                    f"{streak[-1]:%Y-%m-%d %H:%M} UTC; backing off: fix the challenge and retry "
+                    f"after {again:%Y-%m-%d %H:%M} UTC"
+                )
         return None
 
 

@@ -22,6 +22,8 @@ import os
 import shutil
 from typing import Any
 
+from cryptography import x509
+
 from provisioner.config import Settings
 from provisioner.engine.step import Change, RunContext, Scope, Step, Undo
 from provisioner.site import acme_client as acme
@@ -39,6 +41,16 @@ def _day(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%d")
 
 
+def replaced_id(live: LiveCert | None) -> str | None:
+    """RFC 9773 `replaces` for an order renewing `live`: its ARI id (None: nothing to name)."""
+    if live is None:
+        return None
+    try:
+        return acme.ari_cert_id(live.cert)
+    except x509.ExtensionNotFound:  # no Authority Key Identifier: nothing to name
+        return None
+
+
 class CertificateStep(Step):
     """The site's names hold a live certificate that is not due for renewal."""
 
@@ -51,8 +63,12 @@ class CertificateStep(Step):
         spec: SiteSpec,
         settings: Settings,
         vhost: bool = True,
+        ari: bool = True,
     ) -> None:
         self.spec = spec
+        # False: decide from the files alone, with no call to the CA (`site status` reads only,
+        # fast, and leaves renewal windows to `certs status`).
+        self.ari = ari
         self.settings = settings
         self.names = spec.names
         self.store = CertStore(settings.cert_dir, spec.domain)
@@ -80,14 +96,12 @@ class CertificateStep(Step):
     def _due_by_ari(self, live: LiveCert) -> str | None:
         """Inside the CA's suggested window, at a point fixed by the serial (so two checks
         agree, and a fleet's renewals spread over the window as RFC 9773 asks)."""
-        try:
-            directory = acme.fetch_directory(self.settings)
-            window = acme.renewal_window(self.settings, directory, live.cert)
-        except Exception:  # the CA unreachable: the lifetime rule decides
+        from provisioner.site.ari import ari_window
+
+        window = ari_window(self.settings, live.cert)  # kept until the CA's Retry-After
+        if window is None:  # no ARI offered, or the CA unreachable: the lifetime rule decides
             return None
-        if window is None:
-            return None
-        start, end = window
+        start, end = window.start, window.end
         fraction = int(hashlib.sha256(live.pem).hexdigest()[:8], 16) / 0xFFFFFFFF
         point = start + (end - start) * fraction
         if _now() >= point:
@@ -97,7 +111,7 @@ class CertificateStep(Step):
     def due(self) -> str | None:
         live = self.store.current()
         reason = self._due_locally(live)
-        if reason is None and live is not None:
+        if reason is None and live is not None and self.ari:
             reason = self._due_by_ari(live)
         return reason
 
@@ -125,7 +139,9 @@ class CertificateStep(Step):
         directory = acme.fetch_directory(settings)
         acme.requested_profile(directory, settings.acme_profile)
         account = acme.known_account_uri(settings)
-        refusal = self.ledger.refusal(self.names, account)
+        live = self.store.current()
+        renewal = live is not None and live.names == frozenset(self.names)
+        refusal = self.ledger.refusal(self.names, account, renewal=renewal)
         if refusal:
             return directory, [refusal]
         identities = acme.caa_identities(settings, directory)
@@ -167,7 +183,19 @@ class CertificateStep(Step):
         """The live folder holds a private key: it goes to a checkpoint, never the journal."""
         reference = ctx.checkpoint().keep(self._key, self.store.live)
         before = {**(change.before or {}), "live_copy": reference}
+        if self.vhost:  # what a cut-short apply's install_vhost replaced (undo_from_change)
+            from provisioner.site.nginx_control import VhostFiles
+
+            before["vhost_files"] = VhostFiles.for_domain(self.spec.domain, self.settings).read()
         return Change(change.summary, before, change.after, change.diff)
+
+    def undo_from_change(self, change: Change) -> Undo:
+        """An apply cut short may have installed the TLS vhost: its files go back as well."""
+        undo: Undo = {"before": change.before}
+        vhost_files = (change.before or {}).get("vhost_files")
+        if self.vhost and vhost_files is not None:
+            undo["vhost"] = {"before": vhost_files}
+        return undo
 
     def apply(self, ctx: RunContext) -> Undo:
         live = self.store.current()
@@ -181,13 +209,19 @@ class CertificateStep(Step):
             raise acme.AcmeError("; ".join(problems) + " (no order was sent)")
         settings = self.settings
         profile = acme.requested_profile(directory, settings.acme_profile)
+        self.requested_profile = profile  # for the renewal record (None: the CA has none)
         session = acme.open_session(settings, directory)
         names = list(self.names)
         self.ledger.record("order", names, account=session.account_uri)
         key_pem = acme.new_key_pem()
         try:
             fullchain = acme.issue(
-                session, self.names, key_pem, acme.answerer_for(settings), profile
+                session,
+                self.names,
+                key_pem,
+                acme.answerer_for(settings),
+                profile,
+                replaces=replaced_id(live),
             )
         except acme.ValidationFailed as exc:
             self.ledger.record("failed", exc.names, account=session.account_uri)
@@ -207,6 +241,12 @@ class CertificateStep(Step):
         before = undo.get("before")
         if not before:
             return  # the apply found nothing due and changed nothing
+        vhost_undo = undo.get("vhost") if self.vhost else None
+        if vhost_undo and before.get("live") is None:
+            # No certificate was served before: the vhost stops naming the files before they
+            # go, or every `nginx -t` on the host fails in between (the crash drill's finding).
+            self._restore_vhost(vhost_undo)
+            vhost_undo = None
         store = self.store
         store.remove_torn()
         previous = int(before.get("generation") or 0)
@@ -223,10 +263,13 @@ class CertificateStep(Step):
                 os.rmdir(folder)
             except OSError:
                 continue  # not empty (accounts, the ledger) or already gone
-        if undo.get("vhost") and self.vhost:
-            from provisioner.site.nginx import restore_vhost
+        if vhost_undo:  # a previous certificate is back in place: nginx reloads onto it
+            self._restore_vhost(vhost_undo)
 
-            restore_vhost(self.spec, self.settings, undo["vhost"])
+    def _restore_vhost(self, vhost_undo: dict[str, Any]) -> None:
+        from provisioner.site.nginx import restore_vhost
+
+        restore_vhost(self.spec, self.settings, vhost_undo)
 
     # ---------------------------------------------------------------- for the output
     def outcome(self, changed: bool) -> str:

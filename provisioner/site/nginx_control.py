@@ -4,7 +4,7 @@ previous files put back when anything fails, so the other sites on the host neve
 `nginx -s reload` exits 0 even when the master rejected the new config (certbot #7555), so a
 reload counts only once nginx answers the new vhost's marker: every rendered vhost answers
 `/.well-known/provision-vhost` with a digest of itself. One nginx serves many sites, so every
-write-test-reload-confirm sequence holds one file lock per host (`<state>/locks/`).
+write-test-reload-confirm sequence holds one file lock per host (beside the vhosts).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ CONFIRM_SECONDS = 10.0
 PROBE_TIMEOUT = 2.0
 # How long every new connection must get the new answer before a reload counts as done.
 STABLE_SECONDS = 0.15
+# Longest an old worker keeps accepting after a reload (nginx's 100 ms, and margin).
+HANDOVER_SECONDS = 0.5
 PROBE_PAUSE = 0.01
 
 FileState = dict[str, Any]  # JSON-able: what a path held (see read_path)
@@ -256,6 +258,22 @@ class Nginx:
         finally:
             conn.close()
 
+    def settle(self, domain: str, before: Answer, seconds: float = HANDOVER_SECONDS) -> None:
+        """After reloading to files that carry no marker of ours (a vhost written by hand, or
+        none): wait until nginx answers `domain` otherwise than `before` did, steadily, or until
+        the workers' hand-over is surely over (the new configuration may answer the same)."""
+        deadline = time.monotonic() + seconds
+        since: float | None = None
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self.probe(domain) == before:
+                since = None
+            elif since is None:
+                since = now
+            elif now - since >= STABLE_SECONDS:
+                return
+            time.sleep(PROBE_PAUSE)
+
     def wait_for(
         self, domain: str, wanted: Callable[[Answer], bool], what: str, seconds: float
     ) -> Answer:
@@ -285,10 +303,19 @@ class Nginx:
                 )
             time.sleep(PROBE_PAUSE)
 
+    @property
+    def reload_lock_path(self) -> Path:
+        """Beside the vhosts, not in the state folder: every run that writes this nginx's vhosts
+        shares it whatever its PROVISION_STATE_DIR (nginx globs `sites-enabled/*.conf` and then
+        opens each file, so a vhost removed by an unserialized run fails another's `nginx -t`;
+        the crash drill caught it). nginx includes only `*.conf`, never this file."""
+        return self.settings.nginx_vhost_dir / ".provision-nginx-reload.lock"
+
     @contextlib.contextmanager
     def reload_lock(self) -> Iterator[None]:
         """One write-test-reload-confirm at a time on this host."""
-        path = self.settings.state_dir / "locks" / "nginx-reload.lock"
+        path = self.reload_lock_path
+        path.parent.mkdir(parents=True, exist_ok=True)
         timeout = self.settings.lock_timeout
         try:
             with file_lock(path, timeout=timeout):
@@ -356,6 +383,8 @@ def _make_live(
         live, what = expectation(files, wanted, replaced)
         if previous == wanted and live(nginx.probe(domain)):
             return previous
+        ours = marker_of(files.live_content(wanted)) is not None
+        answered_before = None if ours else nginx.probe(domain)
         if previous != wanted:
             files.write(wanted)
         try:
@@ -363,6 +392,8 @@ def _make_live(
             if rejected is not None:
                 raise NginxError(f"nginx -t rejects the config with {files.vhost}: {rejected}")
             nginx.reload()
+            if answered_before is not None:
+                nginx.settle(domain, answered_before)
             nginx.wait_for(domain, live, what, CONFIRM_SECONDS)
         except NginxError as exc:
             if previous == wanted or not put_back:

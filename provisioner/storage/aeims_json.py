@@ -55,10 +55,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from provisioner.storage.json_read import gc_paused
 from provisioner.storage.jsonfile import (
     NO_CHANGE,
     JsonFileError,
     clone_json,
+    duplicate_keys,
     json_equal,
     locked_update,
     locked_update_shared,
@@ -926,7 +928,32 @@ class AeimsJsonStore:
     # -- reading --------------------------------------------------------------------------
 
     def _doc(self, fs: FileSpec) -> Any:
+        """One file's shared document (None: no file). Each entity reads only its own files,
+        so one unreadable file (malformed, a FIFO, too big or too deep) fails the reads of its
+        entity and of no other: logins of the other kinds go on."""
         return read_json_shared(self._path(fs), default=None)
+
+    def file_problems(self) -> list[str]:
+        """What is wrong with each entity file, one line each, for `data health`: unreadable
+        files (named with the position and a secret-masked excerpt), and files holding
+        duplicate keys (readable with PHP's value, the last; writes to them are refused)."""
+        problems: list[str] = []
+        for entity in ENTITIES:
+            for fs in self.spec(entity).files:
+                path = self._path(fs)
+                try:
+                    self._doc(fs)
+                    duplicates = duplicate_keys(path)
+                except (JsonFileError, OSError) as exc:
+                    problems.append(str(exc))
+                    continue
+                if duplicates:
+                    problems.append(
+                        f"{path}: duplicate keys: {'; '.join(duplicates)}. Reads get the last "
+                        "value of each, as PHP's json_decode does; writes to the file are "
+                        "refused until the duplicates are removed"
+                    )
+        return problems
 
     def _index(self, entity: str) -> _Index:
         spec = self.spec(entity)
@@ -934,25 +961,30 @@ class AeimsJsonStore:
         cached = self._indexes.get(entity)
         if cached is not None and all(a is b for a, b in zip(cached.docs, docs, strict=True)):
             return cached
-        if entity == "operators":
-            records = self._operator_records(docs[0], docs[1])
-        else:
-            fs = spec.file
-            records = {}
-            found_list = _scan(fs, docs[0])
-            for found in found_list:
-                records[found.key] = StoredRecord(
-                    entity,
-                    found.key,
-                    _record_data(fs, found.slot, found.value) if fs.value_field else found.value,
-                    found.slot.placement(),
-                )
-            self._slots[fs.relpath] = _Slots(
-                docs[0], {f.key: f for f in found_list}, _record_after_wrapper(fs, docs[0])
-            )
+        with gc_paused():  # an index of a big file is millions of new objects
+            if entity == "operators":
+                records = self._operator_records(docs[0], docs[1])
+            else:
+                records = self._file_records(entity, spec.file, docs[0])
         index = _Index(docs, records)
         self._indexes[entity] = index
         return index
+
+    def _file_records(self, entity: str, fs: FileSpec, doc: Any) -> dict[str, StoredRecord]:
+        """The records of a one-file entity by key, remembering their slots for writes."""
+        records = {}
+        found_list = _scan(fs, doc)
+        for found in found_list:
+            records[found.key] = StoredRecord(
+                entity,
+                found.key,
+                _record_data(fs, found.slot, found.value) if fs.value_field else found.value,
+                found.slot.placement(),
+            )
+        self._slots[fs.relpath] = _Slots(
+            doc, {f.key: f for f in found_list}, _record_after_wrapper(fs, doc)
+        )
+        return records
 
     def _slots_for(self, fs: FileSpec, doc: Any) -> _Slots:
         """The slots of the shared `doc`: kept from the last update or read, else scanned."""
@@ -1082,6 +1114,12 @@ class AeimsJsonStore:
         - several matches: an id match wins, then a username (or login key) match, then an
           email match; among equals, the first in file order (for operators, data/ order).
         """
+        found = self.login_candidates(entity, login)
+        return found[0] if found else None
+
+    def login_candidates(self, entity: str, login: str | int) -> list[StoredRecord]:
+        """Every record `login` matches by find_by_login's rule, each once, in rule order (the
+        first is find_by_login's answer): a login may then refuse to guess between several."""
         if entity not in _LOGIN_FIELDS:
             raise ValueError(f"find_by_login works on {', '.join(_LOGIN_FIELDS)}, not {entity!r}")
         index = self._index(entity)
@@ -1093,9 +1131,8 @@ class AeimsJsonStore:
         wanted = normalize_login(login)
         if wanted is not None:
             candidates.extend(logins.get(wanted, ()))
-        if not candidates:
-            return None
-        return self._copy(index.records[min(candidates)[2]])
+        keys = dict.fromkeys(key for _, _, key in sorted(candidates))
+        return [self._copy(index.records[key]) for key in keys]
 
     @staticmethod
     def _logins(entity: str, index: _Index) -> dict[str, list[tuple[int, int, str]]]:
@@ -1103,10 +1140,11 @@ class AeimsJsonStore:
         if index.logins is None:
             logins: dict[str, list[tuple[int, int, str]]] = {}
             orders: dict[str, int] = {}
-            for order, record in enumerate(index.records.values()):
-                orders[record.key] = order
-                for login, priority in _login_entries(entity, record):
-                    logins.setdefault(login, []).append((priority, order, record.key))
+            with gc_paused():  # a million customers are millions of new objects
+                for order, record in enumerate(index.records.values()):
+                    orders[record.key] = order
+                    for login, priority in _login_entries(entity, record):
+                        logins.setdefault(login, []).append((priority, order, record.key))
             index.orders = orders
             index.next_order = len(orders)
             index.logins = logins

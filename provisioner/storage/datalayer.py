@@ -3,26 +3,30 @@
 What it promises, whatever the phase:
 - Reads fall back to JSON whenever PostgreSQL is unavailable while JSON is still written, and
   only then: a record PostgreSQL does not have is "not found", never a silent JSON lookup
-  (the PHP layer's fallback on a missing row hid divergence).
-- In the dual-write phases JSON is written first, then PostgreSQL in the same call; when the
-  PostgreSQL half fails, the change is in the durable outbox before the call returns, and is
-  replayed when the database is back. An acknowledged write is never lost nor applied twice.
+  (the PHP layer's fallback on a missing row hid divergence). A record PostgreSQL is behind on
+  (a write waiting in the outbox, an unfinished write's intent, a quarantined record) is read
+  from JSON.
+- A value either store cannot hold is refused before anything is written (values.py).
+- In the dual-write phases JSON is written first, then PostgreSQL in the same call; the write's
+  intents are durable before the JSON write, and when the PostgreSQL half fails for any reason
+  they are in the durable outbox before the call returns, replayed when the database takes
+  them, or quarantined when it refuses them for good (writes.py, replay.py). An acknowledged
+  write is never lost nor applied twice.
 - Connecting is lazy and guarded by a circuit breaker: during an outage at most one request
   per retry window waits for a connection; the others fall back at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,15 +36,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from provisioner.config import Settings, redact_dsn
 from provisioner.fsutil import file_lock
-from provisioner.storage import pg_queries
+from provisioner.storage import auth, pg_queries
 from provisioner.storage import pg_records as pg
-from provisioner.storage.aeims_json import AeimsJsonStore, normalize_login
-from provisioner.storage.breaker import BreakerState, CircuitBreaker
+from provisioner.storage.aeims_json import AeimsJsonStore
+from provisioner.storage.auth import AuthResult
+from provisioner.storage.breaker import CircuitBreaker
+from provisioner.storage.errors import DataUnavailable, PgDown
 from provisioner.storage.events import emit
-from provisioner.storage.jsonfile import JsonFileError
-from provisioner.storage.model import ENTITIES, StoredRecord
-from provisioner.storage.outbox import Outbox, OutboxEntry
-from provisioner.storage.passwords import verify_password
+from provisioner.storage.health import health
+from provisioner.storage.intents import IntentLog
+from provisioner.storage.model import StoredRecord
+from provisioner.storage.outbox import Outbox
 from provisioner.storage.phase import (
     EffectivePhase,
     Phase,
@@ -49,56 +55,13 @@ from provisioner.storage.phase import (
     read_phase,
     write_phase,
 )
+from provisioner.storage.quarantine import Quarantine
+from provisioner.storage.replay import Replays
+from provisioner.storage.values import check_record
+from provisioner.storage.writes import WritePath
 
 T = TypeVar("T")
-
-# Failed logins: this many within the window lock the login for the window.
-MAX_FAILED_LOGINS = 5
-LOCK_WINDOW_SECONDS = 15 * 60
-# Verified against for unknown logins, so that they cost as much as known ones.
-_DUMMY_HASH = "$2b$12$C6UzMDM.H6dfI/f/IKcEeO5Ftv6GKgmZzJUOnQOdK6qLeH8nHJuUO"
-_INACTIVE_STATUSES = frozenset({"inactive", "suspended", "banned", "disabled", "deleted"})
-
-
-class DataUnavailable(RuntimeError):
-    """PostgreSQL is needed (pg_only) and unavailable; nothing was written."""
-
-
-class _PgDown(Exception):
-    """Internal: the breaker is open (`attempted` False) or the connection failed."""
-
-    def __init__(self, reason: str, attempted: bool) -> None:
-        super().__init__(reason)
-        self.attempted = attempted
-
-
-class _Ticket:
-    """One caller's record waiting in a group commit."""
-
-    __slots__ = ("done", "error", "record")
-
-    def __init__(self, record: StoredRecord) -> None:
-        self.record = record
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    """The outcome of a login: who it is, or why not. Never carries a password or hash."""
-
-    ok: bool
-    kind: str | None = None  # customer, operator or account
-    key: str | None = None
-    record: dict[str, Any] | None = None
-    reason: str | None = None  # invalid, locked, inactive
-
-
-_HASH_FIELDS = ("password_hash", "password", "pin_code")
-
-
-def _public(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k not in _HASH_FIELDS and "password" not in k}
+__all__ = ["AuthResult", "DataLayer", "DataUnavailable"]
 
 
 def _now_php() -> str:
@@ -115,7 +78,7 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{time.time_ns() // 1_000_000:x}{_PROCESS_TOKEN}{next(_ID_COUNTER):x}"
 
 
-class DataLayer:
+class DataLayer(WritePath, Replays):
     """The one entry point for AEIMS data. Thread-safe; one per process and data folder."""
 
     def __init__(
@@ -139,17 +102,20 @@ class DataLayer:
         self.pool_size = pool_size
         self.json = AeimsJsonStore(self.data_dir)
         self.outbox = Outbox(self.data_dir / ".provision")
+        self.intents = IntentLog(self.data_dir / ".provision")
+        self.quarantine = Quarantine(self.data_dir / ".provision")
         self._locks_dir = self.data_dir / ".provision" / "locks"
         self.breaker = CircuitBreaker(retry_seconds)
         self._pool: ConnectionPool | None = None
         self._pool_lock = threading.Lock()
         self._phase_path = str(phase_file(self.data_dir))
         self._phase_cache: tuple[tuple[int, int] | None, EffectivePhase] | None = None
-        self._batches: dict[str, list[_Ticket]] = {}
+        self._batches: dict[str, list[Any]] = {}  # entity -> writes.WritePath tickets
         self._batch_leaders: set[str] = set()
         self._batch_lock = threading.Lock()
         self._last_drain_try = 0.0
         self._local = threading.local()
+        self._leftovers_checked = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DataLayer:
@@ -169,6 +135,7 @@ class DataLayer:
         )
 
     def close(self) -> None:
+        self.intents.close()
         with self._pool_lock:
             if self._pool is not None:
                 self._pool.close()
@@ -215,7 +182,7 @@ class DataLayer:
                         "changed_at = now(), changed_by = EXCLUDED.changed_by",
                         (phase.value, changed_by or "provision"),
                     )
-            except _PgDown:
+            except PgDown:
                 emit("phase_not_mirrored", logging.WARNING, phase=phase.value)
 
     # ------------------------------------------------------------------------ PostgreSQL
@@ -233,7 +200,12 @@ class DataLayer:
                     kwargs={
                         "autocommit": True,
                         "connect_timeout": self._connect_seconds,
-                        "options": f"-c statement_timeout={round(self.statement_timeout * 1000)}",
+                        # synchronous_commit=on whatever the server's default: an acknowledged
+                        # write must survive a crash of the server.
+                        "options": (
+                            f"-c statement_timeout={round(self.statement_timeout * 1000)} "
+                            "-c synchronous_commit=on"
+                        ),
                     },
                     timeout=self.connect_timeout,
                     reconnect_timeout=60,
@@ -258,9 +230,9 @@ class DataLayer:
 
     @contextmanager
     def _pg(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection, or _PgDown at once while the breaker is open."""
+        """A pooled connection, or PgDown at once while the breaker is open."""
         if not self.pg_dsn or not self.breaker.allow():
-            raise _PgDown("circuit breaker open", attempted=False)
+            raise PgDown("circuit breaker open", attempted=False)
         try:
             with self._get_pool().connection(timeout=self.connect_timeout) as conn:
                 yield conn
@@ -268,7 +240,7 @@ class DataLayer:
             error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.breaker.failed(str(redact_dsn(error)))
             self._drop_pool()
-            raise _PgDown(error, attempted=True) from None
+            raise PgDown(error, attempted=True) from None
         except BaseException:
             # A query error (constraint, data) says the server is up.
             self._recovered()
@@ -279,226 +251,101 @@ class DataLayer:
         if self.breaker.succeeded() and not self.outbox.is_empty():
             self._drain_quietly()
 
+    @contextmanager
+    def _pg_required(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection where nothing else will do (pg_only); DataUnavailable during an outage."""
+        try:
+            with self._pg() as conn:
+                yield conn
+        except PgDown as exc:
+            raise DataUnavailable(
+                f"PostgreSQL is unavailable and the phase is pg_only ({exc}); "
+                "fix the database, or set USE_DATABASE=false to read the JSON archive"
+            ) from None
+
     def _pg_or_json(
-        self, from_pg: Callable[[psycopg.Connection[Any]], T], from_json: Callable[[], T]
+        self,
+        entities: tuple[str, ...],
+        key: str | None,
+        from_pg: Callable[[psycopg.Connection[Any]], T],
+        from_json: Callable[[], T],
     ) -> T:
-        """Read from PostgreSQL when the phase says so and it is up; else from JSON."""
+        """Read from PostgreSQL when the phase says so and it is up and not behind JSON for
+        `key` of `entities` (None: any of their records); else from JSON."""
         phase = self.phase().phase
         if not phase.reads_pg:
             return from_json()
-        if phase != Phase.PG_ONLY and not self.outbox.is_empty():
-            # PostgreSQL is behind JSON until the outbox drains: JSON is the truth meanwhile.
-            self._maybe_drain()
-            if not self.outbox.is_empty():
-                return from_json()
+        if phase != Phase.PG_ONLY:
+            self._recover_once()
+            if not self.outbox.is_empty() or self._behind(entities, key):
+                # PostgreSQL is behind JSON until the outbox drains (and intents left by a
+                # writer that died are in it): JSON is the truth meanwhile.
+                self._maybe_drain()
+                if not self.outbox.is_empty() or self._behind(entities, key):
+                    return from_json()
         try:
-            with self._pg() as conn:
+            with self._pg_required() if phase == Phase.PG_ONLY else self._pg() as conn:
                 return from_pg(conn)
-        except _PgDown as exc:
-            if phase == Phase.PG_ONLY:
-                raise DataUnavailable(
-                    f"PostgreSQL is unavailable and the phase is pg_only ({exc}); "
-                    "fix the database, or set USE_DATABASE=false to read the JSON archive"
-                ) from None
+        except PgDown as exc:
             if exc.attempted:  # while the breaker stays open, it counts the fallbacks
                 emit("read_fallback", logging.WARNING, reason=str(exc))
             return from_json()
 
-    # ------------------------------------------------------------------------ writes
-    def _write(
-        self, entity: str, records: list[StoredRecord], deleted: list[str] | None = None
-    ) -> None:
-        """Write records (and deletions) to the stores the phase names; see the module doc."""
-        phase = self.phase().phase
-        deleted = deleted or []
-        if phase == Phase.JSON_ONLY:
-            self._write_json(entity, records, deleted)
-            return
-        if phase.writes_json:
-            with self._ordered(entity):
-                self._write_json(entity, records, deleted)
-                self._write_pg_after_json(entity, records, deleted)
-            self._after_outbox_add()
-            return
-        self._write_pg_only(entity, records, deleted)
+    def _behind(self, entities: tuple[str, ...], key: str | None) -> bool:
+        """Whether PostgreSQL may lack JSON's state of `key` (None: of any record): an intent
+        not settled yet, or a record it refused (quarantined)."""
+        for entity in entities:
+            pending = self.intents.pending_keys(entity)
+            if pending and (key is None or key in pending):
+                return True
+        try:
+            refused = self.quarantine.keys_of(entities)
+        except OSError:  # cannot tell which records PostgreSQL refused: JSON, the truth
+            return True
+        return any(key is None or key in keys for keys in refused.values())
 
-    def _write_json(self, entity: str, records: list[StoredRecord], deleted: list[str]) -> None:
-        if records:
-            self.json.upsert(entity, records)
-        for key in deleted:
-            self.json.delete(entity, key)
-
-    def _ordered(self, entity: str) -> AbstractContextManager[int]:
+    def _ordered(self, entity: str, timeout: float | None = None) -> AbstractContextManager[int]:
         """Writers of one entity, in every process, take turns for the JSON write and the
         PostgreSQL write together, so PostgreSQL receives writes in JSON's order (a slow
         writer can never put an older state over a newer one)."""
-        return file_lock(self._locks_dir / f"{entity}.lock")
+        return file_lock(self._locks_dir / f"{entity}.lock", timeout=timeout)
 
-    def _write_pg_only(self, entity: str, records: list[StoredRecord], deleted: list[str]) -> None:
-        try:
-            with self._pg() as conn:
-                self._pg_apply(conn, records, entity, deleted)
-        except _PgDown as exc:
-            raise DataUnavailable(
-                f"PostgreSQL is unavailable and the phase is pg_only: nothing was written ({exc})"
-            ) from None
-
-    def _write_pg_after_json(
-        self, entity: str, records: list[StoredRecord], deleted: list[str]
-    ) -> None:
-        """The PostgreSQL half of a dual write: direct, or into the outbox when that fails or
-        when earlier writes are still waiting there."""
-        if self.outbox.is_empty():
-            try:
-                with self._pg() as conn:
-                    # JSON's upsert set each record's placement: PostgreSQL keeps it too.
-                    self._pg_apply(conn, records, entity, deleted)
-                return
-            except _PgDown:
-                pass
-        items = [(entity, r.key, "upsert") for r in records] + [
-            (entity, k, "delete") for k in deleted
-        ]
-        self.outbox.add(items)
-        emit("outbox_added", logging.WARNING, entity=entity, count=len(items))
-        self._local.added = True
-
-    def _after_outbox_add(self) -> None:
-        """Outside the entity lock (a drain takes the outbox lock first), try to drain."""
-        if getattr(self._local, "added", False):
-            self._local.added = False
-            self._maybe_drain()
-
-    def _write_grouped(self, record: StoredRecord) -> None:
-        """Write one record, sharing the file rewrite and the round trip with concurrent writers.
-
-        Group commit: the first writer of an entity becomes the leader and writes whatever has
-        queued meanwhile in one batch; the others wait for their batch to be durable. Each
-        call still returns only once its record is written (or in the outbox).
-        """
-        ticket = _Ticket(record)
-        entity = record.entity
-        with self._batch_lock:
-            self._batches.setdefault(entity, []).append(ticket)
-            leading = entity not in self._batch_leaders
-            if leading:
-                self._batch_leaders.add(entity)
-        if leading:
-            self._lead_batches(entity)
-        ticket.done.wait()
-        if ticket.error is not None:
-            raise ticket.error
-
-    def _lead_batches(self, entity: str) -> None:
-        while True:
-            with self._batch_lock:
-                batch = self._batches.pop(entity, [])
-                if not batch:
-                    self._batch_leaders.discard(entity)
-                    return
-            latest: dict[str, StoredRecord] = {}
-            for ticket in batch:  # a key saved twice in one batch: the later state wins
-                latest.pop(ticket.record.key, None)
-                latest[ticket.record.key] = ticket.record
-            try:
-                self._write(entity, list(latest.values()))
-            except BaseException:
-                if len(batch) == 1:
-                    batch[0].error = sys.exc_info()[1]
-                else:  # find whose record failed: write them one by one
-                    for ticket in batch:
-                        try:
-                            self._write(entity, [ticket.record])
-                        except BaseException as exc:
-                            ticket.error = exc
-            for ticket in batch:
-                ticket.done.set()
-
-    @staticmethod
-    def _pg_apply(
-        conn: psycopg.Connection[Any], records: list[StoredRecord], entity: str, deleted: list[str]
-    ) -> None:
-        if not deleted:
-            pg.upsert_records(conn, records)  # one atomic statement for one entity
-            return
-        with conn.transaction():
-            if records:
-                pg.upsert_records(conn, records)
-            for key in deleted:
-                pg.delete_record(conn, entity, key)
-
-    # ------------------------------------------------------------------------ outbox
-    def _replay(self, entries: list[OutboxEntry]) -> None:
-        """Make PostgreSQL hold JSON's current state for each entry's record."""
-        upserts: dict[tuple[str, str], StoredRecord] = {}
-        deletes: list[tuple[str, str]] = []
-        for entry in entries:
-            current = self.json.get(entry.entity, entry.key)
-            if current is None:
-                deletes.append((entry.entity, entry.key))
-                upserts.pop((entry.entity, entry.key), None)
-            else:
-                upserts[(entry.entity, entry.key)] = current
-        with self._pg() as conn, conn.transaction():
-            if upserts:
-                pg.upsert_records(conn, list(upserts.values()))
-            for entity, key in deletes:
-                pg.delete_record(conn, entity, key)
-
-    def reconcile(self) -> int:
-        """Replay the outbox now; the number of entries applied (DataUnavailable when down)."""
-        try:
-            return self._drain()
-        except _PgDown as exc:
-            raise DataUnavailable(
-                f"PostgreSQL is unavailable ({exc}); the outbox is kept"
-            ) from None
-
-    def _drain(self) -> int:
-        if self.outbox.is_empty() or getattr(self._local, "draining", False):
-            return 0
-        self._local.draining = True  # the replay's own connection must not start another drain
-        try:
-            applied = self.outbox.drain(self._replay)
-        finally:
-            self._local.draining = False
-        emit("outbox_drained", applied=applied, depth=self.outbox.depth())
-        return applied
-
-    def _drain_quietly(self) -> None:
-        try:
-            self._drain()
-        except _PgDown as exc:
-            emit("outbox_drain_failed", logging.WARNING, error=str(exc), depth=self.outbox.depth())
-
-    def _maybe_drain(self) -> None:
-        """Try to drain, at most a few times per retry window (writes and reads call this)."""
-        now = time.monotonic()
-        if now - self._last_drain_try < self.breaker.retry_seconds / 5:
-            return
-        self._last_drain_try = now
-        self._drain_quietly()  # the breaker decides whether this may try the database
+    def _record_turn(self, entity: str, key: str) -> AbstractContextManager[int]:
+        """Read-modify-writes of one record, in every process and thread, take turns, so two
+        callers changing different parts of it (two sites linking one operator) both land.
+        A lock of its own: `save` takes the entity's lock inside it."""
+        digest = hashlib.sha256(f"{entity}\0{key}".encode()).hexdigest()[:16]
+        return file_lock(self._locks_dir / "records" / f"{digest}.lock")
 
     # ------------------------------------------------------------------------ generic API
     def get(self, entity: str, key: str) -> dict[str, Any] | None:
         record = self._pg_or_json(
-            lambda conn: pg.get_record(conn, entity, key), lambda: self.json.get(entity, key)
+            (entity,),
+            key,
+            lambda conn: pg.get_record(conn, entity, key),
+            lambda: self.json.get(entity, key),
         )
         return None if record is None else record.data
 
     def list(self, entity: str) -> list[dict[str, Any]]:
         records = self._pg_or_json(
-            lambda conn: pg.list_records(conn, entity), lambda: self.json.load(entity)
+            (entity,),
+            None,
+            lambda conn: pg.list_records(conn, entity),
+            lambda: self.json.load(entity),
         )
         return [r.data for r in records]
 
     def find_by_login(self, entity: str, login: str | int) -> dict[str, Any] | None:
-        """By THE login rule (aeims_json.normalize_login), the same on both sides."""
+        """A lookup by username, email or login ignoring ASCII case (aeims_json.normalize_login,
+        the same on both sides). Logins do not use it: find_login applies the login rule."""
         record = self._find_record(entity, login)
         return None if record is None else record.data
 
     def _find_record(self, entity: str, login: str | int) -> StoredRecord | None:
         return self._pg_or_json(
+            (entity,),
+            None,
             lambda conn: pg.find_by_login(conn, entity, login),
             lambda: self.json.find_by_login(entity, login),
         )
@@ -507,6 +354,7 @@ class DataLayer:
         """Insert or replace one record; returns its key (generated when the record has none)."""
         key = key or self._key_of(entity, data)
         record = StoredRecord(entity, key, dict(data))
+        check_record(record)  # before it joins a batch: a refused value fails only its caller
         self._write_grouped(record)
         return key
 
@@ -541,6 +389,8 @@ class DataLayer:
         op: str = "=",
     ) -> list[dict[str, Any]]:
         records = self._pg_or_json(
+            (entity,),
+            None,
             lambda conn: pg_queries.records_where(conn, entity, column, value, op),
             lambda: [r for r in self.json.load(entity) if match(r.data)],
         )
@@ -563,6 +413,8 @@ class DataLayer:
             return not needle or any(needle in h for h in hay)
 
         records = self._pg_or_json(
+            ("customers",),
+            None,
             lambda conn: pg_queries.search_logins(conn, "customers", needle),
             lambda: [r for r in self.json.load("customers") if matches(r.data)],
         )
@@ -628,23 +480,25 @@ class DataLayer:
         self, operator_id: str, domain: str, role: str = "operator", active: bool = True
     ) -> None:
         """Let an operator serve a site (their `domains` map; operator_sites in PostgreSQL)."""
-        data = self._require("operators", operator_id)
-        domains = dict(data.get("domains") or {})
-        entry = dict(domains.get(domain) or {})
-        entry.update({"role": role, "active": active})
-        entry.setdefault("joined", datetime.now(UTC).strftime("%Y-%m-%d"))
-        if domains.get(domain) != entry:
-            domains[domain] = entry
-            data["domains"] = domains
-            self.save("operators", data, operator_id)
+        with self._record_turn("operators", operator_id):
+            data = self._require("operators", operator_id)
+            domains = dict(data.get("domains") or {})
+            entry = dict(domains.get(domain) or {})
+            entry.update({"role": role, "active": active})
+            entry.setdefault("joined", datetime.now(UTC).strftime("%Y-%m-%d"))
+            if domains.get(domain) != entry:
+                domains[domain] = entry
+                data["domains"] = domains
+                self.save("operators", data, operator_id)
 
     def remove_operator_site(self, operator_id: str, domain: str) -> None:
-        data = self._require("operators", operator_id)
-        domains = dict(data.get("domains") or {})
-        if domain in domains:
-            del domains[domain]
-            data["domains"] = domains
-            self.save("operators", data, operator_id)
+        with self._record_turn("operators", operator_id):
+            data = self._require("operators", operator_id)
+            domains = dict(data.get("domains") or {})
+            if domain in domains:
+                del domains[domain]
+                data["domains"] = domains
+                self.save("operators", data, operator_id)
 
     # ------------------------------------------------------------------------ sites
     def get_site(self, site_id_or_domain: str) -> dict[str, Any] | None:
@@ -802,109 +656,30 @@ class DataLayer:
         return self.save("operator_requests", data)
 
     # ------------------------------------------------------------------------ logins
-    def find_login(self, login: str) -> tuple[str, StoredRecord] | None:
-        """The customer, operator or admin account a login names (in that order)."""
-        for kind, entity in (
-            ("customer", "customers"),
-            ("operator", "operators"),
-            ("account", "accounts"),
-        ):
-            record = self._find_record(entity, login)
-            if record is not None:
-                return kind, record
-        return None
+    def find_login(self, login: str | int) -> tuple[str, StoredRecord] | None:
+        """The customer, operator or admin account `login` names, by the PHP application's
+        rule (auth.py); auth.AmbiguousLogin when it could name several."""
+        return auth.find_login(self, login)
 
-    def authenticate(self, login: str, password: str) -> AuthResult:
-        """Check a login's password; failed attempts are counted in account_locks.
+    def _login_candidates(self, login: str | int) -> auth.LoginCandidates:
+        """What `login` could name in the three login files, in one round trip on PostgreSQL."""
+        return self._pg_or_json(
+            auth.LOGIN_ENTITIES,
+            None,
+            lambda conn: auth.pg_candidates(conn, login),
+            lambda: auth.json_candidates(self, login),
+        )
+
+    def authenticate(self, login: str | int, password: str) -> AuthResult:
+        """Check a login's password; failed attempts are counted in account_locks (auth.py).
 
         Works in every phase and during a PostgreSQL outage (reads fall back to JSON, the
-        attempt counter is written like any other record).
+        attempt counter is written like any other record), and with one login file unreadable
+        (the other kinds of account still log in).
         """
-        lock_key = normalize_login(login)
-        if not lock_key:
-            return AuthResult(False, reason="invalid")
-        now = int(time.time())
-        lock = self.get("account_locks", lock_key)
-        if lock and lock.get("locked_at") and now - int(lock["locked_at"]) < LOCK_WINDOW_SECONDS:
-            return AuthResult(False, reason="locked")
-        found = self.find_login(login)
-        if found is None:
-            verify_password(password, _DUMMY_HASH)  # same cost as a real check
-            self._count_failure(lock_key, lock, now)
-            return AuthResult(False, reason="invalid")
-        kind, record = found
-        stored_hash = record.data.get("password_hash") or record.data.get("password")
-        if not verify_password(password, stored_hash):
-            self._count_failure(lock_key, lock, now)
-            return AuthResult(False, reason="invalid")
-        if (
-            record.data.get("active") is False
-            or str(record.data.get("status", "")).lower() in _INACTIVE_STATUSES
-        ):
-            return AuthResult(False, kind, record.key, reason="inactive")
-        if lock:
-            self._write("account_locks", [], deleted=[lock_key])
-        return AuthResult(True, kind, record.key, _public(record.data))
-
-    def _count_failure(self, lock_key: str, lock: dict[str, Any] | None, now: int) -> None:
-        if not lock or now - int(lock.get("first_attempt") or now) >= LOCK_WINDOW_SECONDS:
-            lock = {"attempts": 0, "first_attempt": now, "locked_at": None, "last_attempt": now}
-        lock = dict(lock)
-        lock["attempts"] = int(lock.get("attempts") or 0) + 1
-        lock["last_attempt"] = now
-        if lock["attempts"] >= MAX_FAILED_LOGINS:
-            lock["locked_at"] = now
-            emit("login_locked", logging.WARNING, login=lock_key, attempts=lock["attempts"])
-        self._write("account_locks", [StoredRecord("account_locks", lock_key, lock)])
+        return auth.authenticate(self, login, password)
 
     # ------------------------------------------------------------------------ health
-    def _json_file_errors(self) -> list[str]:
-        """Every AEIMS file that cannot be read (malformed, unreadable), named with its position."""
-        errors = []
-        for entity in ENTITIES:
-            try:
-                self.json.load(entity)
-            except (JsonFileError, OSError) as exc:
-                errors.append(str(exc))
-        return errors
-
     def health(self) -> dict[str, Any]:
-        """Phase, reachability, breaker and outbox: what monitoring needs; `degraded` says alert."""
-        effective = self.phase()
-        reachable: bool | None = None
-        error = None
-        if self.pg_dsn:
-            try:
-                with psycopg.connect(self.pg_dsn, connect_timeout=self._connect_seconds) as conn:
-                    conn.execute("SELECT 1")
-                reachable = True
-                self.breaker.succeeded()
-            except psycopg.OperationalError as exc:
-                reachable = False
-                error = redact_dsn(
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "unreachable"
-                )
-        depth = self.outbox.depth()
-        file_errors = self._json_file_errors() if effective.phase.writes_json else []
-        uses_pg = effective.phase.writes_pg or effective.phase.reads_pg
-        degraded = bool(
-            (uses_pg and reachable is False)
-            or depth > 0
-            or self.breaker.state != BreakerState.CLOSED
-            or file_errors
-        )
-        return {
-            "phase": effective.phase.value,
-            "persisted_phase": effective.persisted.value,
-            "override": effective.override,
-            "database": {
-                "configured": bool(self.pg_dsn),
-                "dsn": redact_dsn(self.pg_dsn) if self.pg_dsn else None,
-                "reachable": reachable,
-                "error": error,
-            },
-            "breaker": self.breaker.state.value,
-            "outbox_depth": depth,
-            "json_file_errors": file_errors,
-            "degraded": degraded,
-        }
+        """Phase, reachability, breaker, outbox, intents, quarantine, files (health.py)."""
+        return health(self)

@@ -1,5 +1,5 @@
-"""JSON files shared with the PHP application: strict reads, PHP-compatible encoding, atomic writes
-under the same `flock` PHP takes, and group commit.
+"""JSON files shared with the PHP application: strict reads, PHP-compatible encoding, crash-safe
+writes in place under the same `flock` PHP takes, and group commit.
 
 Why each piece exists:
 - PHP's writers truncate in place and leave empty or half-written files on failure (AEIMS REPORT
@@ -7,8 +7,11 @@ Why each piece exists:
   `JsonFileError` naming the file, the line and column, and what is there.
 - The PHP application keeps reading these files during the whole migration, so a write keeps the
   file's own style (indent, escaped slashes, trailing newline) and PHP's float and string
-  conventions, and replaces the file atomically (temp file, fsync, rename, fsync of the folder)
-  with its mode and owner kept.
+  conventions, and rewrites the same inode as PHP does (never a rename PHP could be waiting
+  behind), after a durable copy that repairs a rewrite a crash cut short (write_ahead).
+- PHP's own read-modify-write takes its read and write locks separately and so reverts what
+  was written in between: this layer's writes are recorded per record and written again when
+  reverted (recent_writes).
 - Read-modify-write runs under `flock(LOCK_EX)` on the data file itself, the lock PHP's
   `flock($fp, LOCK_EX)` takes, so neither side loses the other's update.
 - Message traffic needs many small changes per second: `locked_update_many` and `GroupCommitter`
@@ -24,23 +27,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import json
 import math
 import operator
 import os
 import re
-import stat
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from json.encoder import c_make_encoder, encode_basestring, encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from provisioner.fsutil import create_atomically, file_lock, lock_current_inode, write_atomically
+from provisioner.fsutil import create_atomically, file_lock, lock_current_inode
+from provisioner.storage import json_read, recent_writes, write_ahead
 
 __all__ = [
     "DEFAULT_STYLE",
@@ -53,6 +58,7 @@ __all__ = [
     "clone_json",
     "detect_style",
     "dump_json",
+    "duplicate_keys",
     "encode_php_json",
     "file_style",
     "forget_cached",
@@ -62,6 +68,8 @@ __all__ = [
     "locked_update_shared",
     "read_json",
     "read_json_shared",
+    "recheck_recent_writes",
+    "reconcile_recent_writes",
     "write_json",
 ]
 
@@ -814,39 +822,20 @@ def json_equal(a: Any, b: Any) -> bool:
 # Reading
 # --------------------------------------------------------------------------------------------
 
-_SECRET_VALUE = re.compile(
-    r'("[^"]*(?:pass|secret|token|hash|pin|credential|api_key)[^"]*"\s*:\s*)"(?:[^"\\]|\\.)*"?',
-    re.IGNORECASE,
-)
-_BCRYPT = re.compile(r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9\\]*")
-_EXCERPT_WIDTH = 40
+_SPACE_TO_END = re.compile(r"\s*\Z")
+_GC_PAUSE_BYTES = 1 << 20
 
 
-def _redact_excerpt(text: str) -> str:
-    """Excerpts land in logs: values of password-like keys and bcrypt hashes are masked."""
-    text = _SECRET_VALUE.sub(r'\1"***"', text)
-    return _BCRYPT.sub("$2y$***", text)
+def _parse_checked(raw: bytes, path: Path) -> tuple[Any, int]:
+    """The JSON value in `raw` and the number of members its objects hold, or a JsonFileError
+    that says where and what is wrong.
 
-
-def _excerpt(line_text: str, column: int) -> str:
-    start = max(0, column - 1 - _EXCERPT_WIDTH)
-    end = column - 1 + _EXCERPT_WIDTH
-    snippet = line_text[start:end]
-    prefix = "…" if start > 0 else ""
-    suffix = "…" if end < len(line_text) else ""
-    printable = "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in snippet
-    )
-    return repr(prefix + _redact_excerpt(printable) + suffix)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (PHP's json_decode rejects it)")
-
-
-def _parse(raw: bytes, path: Path) -> Any:
-    """The JSON value in `raw`, or a JsonFileError that says where and what is wrong."""
-    if not raw.strip():
+    As PHP's json_decode reads it: a document nested as deep as PHP refuses is refused before
+    any recursive code sees it; of a duplicate key, the last value wins (in the place of the
+    first; `_duplicates_in` finds them). Every error excerpt is cut from text whose secrets are
+    already masked (`json_read.masked_excerpt`).
+    """
+    if not raw or raw.isspace():
         what = "the file is empty (0 bytes)" if not raw else "the file holds only whitespace"
         raise JsonFileError(
             path,
@@ -861,13 +850,12 @@ def _parse(raw: bytes, path: Path) -> Any:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        around = raw[max(0, exc.start - 20) : exc.start + 20]
         raise JsonFileError(
             path,
             f"invalid UTF-8 at byte offset {exc.start} ({exc.reason})",
             line=line,
             column=column,
-            excerpt=repr(_redact_excerpt(around.decode("utf-8", "backslashreplace"))),
+            excerpt=json_read.masked_bytes_excerpt(raw, exc.start),
             hint=f"JSON files must be UTF-8. {_FIX_HINT}",
         ) from None
     if text.startswith("\ufeff"):
@@ -878,31 +866,76 @@ def _parse(raw: bytes, path: Path) -> Any:
             column=1,
             hint=f"Remove the first 3 bytes. {_FIX_HINT}",
         )
+    paused = json_read.gc_paused() if len(raw) > _GC_PAUSE_BYTES else contextlib.nullcontext()
+    with paused:
+        doc = _loads(text, path)
+        shape = json_read.shape_of(doc)
+        too_deep = json_read.depth_problem(doc, shape)
+        if too_deep is not None:
+            raise JsonFileError(path, too_deep, hint=_FIX_HINT)
+    return doc, shape.members
+
+
+def _duplicates_in(raw: bytes, members: int) -> list[str]:
+    """Where the (parsed, valid) `raw` holds duplicate keys; `members`: its parse's count."""
+    if not members or not json_read.may_have_duplicates(raw, members):
+        return []
+    paused = json_read.gc_paused() if len(raw) > _GC_PAUSE_BYTES else contextlib.nullcontext()
+    with paused:
+        return json_read.find_duplicate_keys(raw.decode("utf-8"))[1]
+
+
+def _loads(text: str, path: Path) -> Any:
+    """`json.loads` with PHP's refusals (NaN, Infinity) and errors that name the place."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=json_read.reject_constant)
     except json.JSONDecodeError as exc:
-        lines = text.splitlines() or [""]
-        line_text = lines[exc.lineno - 1] if exc.lineno - 1 < len(lines) else ""
         reason = exc.msg
-        if exc.pos >= len(text.rstrip()):
+        if exc.pos >= len(text) or _SPACE_TO_END.match(text, exc.pos):
             reason += " (the file ends early: truncated?)"
         raise JsonFileError(
             path,
             f"invalid JSON: {reason}",
             line=exc.lineno,
             column=exc.colno,
-            excerpt=_excerpt(line_text, exc.colno),
+            excerpt=json_read.masked_excerpt(text, exc.pos),
             hint=_FIX_HINT,
         ) from None
     except ValueError as exc:
         raise JsonFileError(path, f"invalid JSON: {exc}", hint=_FIX_HINT) from None
     except RecursionError:
-        raise JsonFileError(path, "invalid JSON: nested too deeply", hint=_FIX_HINT) from None
+        raise JsonFileError(
+            path,
+            f"arrays and objects nested thousands of levels deep; PHP's json_decode reads at "
+            f"most {json_read.PHP_MAX_DEPTH - 1}",
+            hint=_FIX_HINT,
+        ) from None
+
+
+def _parse(raw: bytes, path: Path) -> Any:
+    """The JSON value in `raw` for a writer: duplicate keys are a JsonFileError, since the
+    document holds one value of each and rewriting it would drop the others (reads go on with
+    PHP's value: `_parse_checked`)."""
+    doc, members = _parse_checked(raw, path)
+    duplicates = _duplicates_in(raw, members)
+    if duplicates:
+        raise _duplicates_error(path, duplicates)
+    return doc
+
+
+def _duplicates_error(path: Path, duplicates: Sequence[str]) -> JsonFileError:
+    return JsonFileError(
+        path,
+        f"duplicate keys: {'; '.join(duplicates)}. PHP's json_decode keeps the last value of "
+        "each, and rewriting the file would drop the others",
+        hint="Nothing was changed; remove the duplicates (keeping the value PHP reads, the "
+        "last) and run again",
+    )
 
 
 @dataclass
 class _CacheEntry:
-    key: tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_size
+    key: tuple[int, int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_size, st_ctime_ns
     raw: bytes
     read_at_ns: int  # wall clock when this content was known to be on disk
     doc: Any = _UNPARSED
@@ -910,27 +943,52 @@ class _CacheEntry:
     # The pieces of `doc`'s encoding in `style` (only for a document we wrote ourselves through
     # locked_update_shared, which nobody changes afterwards).
     node: _Node | None = None
+    # Where the file holds duplicate keys (None: not looked for yet; a reader's parse leaves
+    # that to the first writer, see `_entry_duplicates`): `doc` holds PHP's value of each (the
+    # last), and a rewrite would drop the others, so `_cache_get` hands such an entry to
+    # readers only. `members`: the members of `doc`'s objects, which tells cheaply.
+    duplicates: tuple[str, ...] | None = ()
+    members: int = 0
 
 
-# An unchanged file is not parsed again. Entries hold the raw bytes too: a stat key is not
-# proof (a PHP in-place rewrite of the same size inside one timestamp tick keeps it), so a key
-# seen within _RACY_NS of the file's mtime is confirmed by comparing the bytes (git's "racily
-# clean" rule), and a write always compares the bytes it reads under the lock.
+# An unchanged file is not parsed again, whatever its size (a million customers parse for
+# seconds). Entries hold the raw bytes too: a stat key is not proof (a PHP in-place rewrite of
+# the same size inside one timestamp tick keeps it), so a key seen within one tick of the
+# file's mtime is confirmed by comparing the bytes (git's "racily clean" rule), and a write
+# always compares the bytes it reads under the lock.
 _CACHE: dict[str, _CacheEntry] = {}
 _CACHE_LOCK = threading.Lock()
+# A tick of a file system that keeps whole seconds (or FAT's two), and one that keeps ns: its
+# timestamps come from the kernel's coarse clock, a jiffy (at most 10 ms) behind.
 _RACY_NS = 2_000_000_000
-# Bigger files are parsed on every read rather than kept in memory for good (a 300 MB
-# customers.json parses to several GB of objects).
-_CACHE_MAX_BYTES = 64 * 1024 * 1024
+_RACY_FINE_NS = 100_000_000
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+def _racy_ns(mtime_ns: int) -> int:
+    """How long after `mtime_ns` another write may still get the same timestamp."""
+    return _RACY_NS if mtime_ns % 1_000_000_000 == 0 else _RACY_FINE_NS
 
 
-def _cache_get(path: Path) -> _CacheEntry | None:
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+
+def _cache_get(path: Path, *, reading: bool = False) -> _CacheEntry | None:
+    """The cached entry for `path`; an entry with duplicate keys only when `reading` (a writer
+    gets None, parses the file itself and is refused: see `_parse`)."""
     with _CACHE_LOCK:
-        return _CACHE.get(str(path))
+        entry = _CACHE.get(str(path))
+    if entry is not None and not reading and _entry_duplicates(entry):
+        return None
+    return entry
+
+
+def _entry_duplicates(entry: _CacheEntry) -> tuple[str, ...]:
+    """Where the entry's file holds duplicate keys, looked for once (a few seconds for a
+    gigabyte; none of it on the read path: reads get PHP's values either way)."""
+    if entry.duplicates is None:
+        entry.duplicates = tuple(_duplicates_in(entry.raw, entry.members))
+    return entry.duplicates
 
 
 def _cache_put(path: Path, entry: _CacheEntry, *, replacing: Any = _ANY_ENTRY) -> None:
@@ -939,10 +997,7 @@ def _cache_put(path: Path, entry: _CacheEntry, *, replacing: Any = _ANY_ENTRY) -
     with _CACHE_LOCK:
         if replacing is not _ANY_ENTRY and _CACHE.get(str(path)) is not replacing:
             return
-        if len(entry.raw) <= _CACHE_MAX_BYTES:
-            _CACHE[str(path)] = entry
-        else:
-            _CACHE.pop(str(path), None)
+        _CACHE[str(path)] = entry
 
 
 def forget_cached(path: Path | None = None) -> None:
@@ -954,10 +1009,31 @@ def forget_cached(path: Path | None = None) -> None:
             _CACHE.pop(str(Path(path).absolute()), None)
 
 
-def _read_all(fd: int, size: int = 0) -> bytes:
-    """Everything in the file; `size` (its fstat size) lets one read take it all, uncopied."""
+def _check_data_file(st: os.stat_result, path: Path | None, fd: int | None = None) -> None:
+    """JsonFileError unless the (f)stat is a regular file within the size limit: a FIFO would
+    hang the reader and a device (/dev/zero) would fill memory, before any byte is read.
+    `path` names the file in the error (else the fd's target)."""
+    found = json_read.data_file_problem(st)
+    if found is not None:
+        raise JsonFileError(_named(path, fd), found[0], hint=found[1])
+
+
+def _named(path: Path | None, fd: int | None) -> Path:
+    if path is None and fd is not None:
+        with contextlib.suppress(OSError):
+            return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    return path or Path("?")
+
+
+def _read_all(fd: int, size: int = 0, path: Path | None = None) -> bytes:
+    """Everything in the file, after `_check_data_file` on its fstat (`path` names it in the
+    error); one read takes it all, uncopied. `size`: its fstat size, when the caller has it."""
+    st = os.fstat(fd)
+    _check_data_file(st, path, fd)
+    limit = json_read.max_file_bytes()
     chunks = []
     offset = 0
+    size = size or st.st_size
     want = max(size + 1, 1 << 16) if size else 1 << 20
     while True:
         chunk = os.pread(fd, want, offset)
@@ -965,6 +1041,9 @@ def _read_all(fd: int, size: int = 0) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.append(chunk)
         offset += len(chunk)
+        if offset > limit:  # it grew while being read
+            problem = json_read.size_problem(offset, limit)
+            raise JsonFileError(_named(path, fd), str(problem), hint=json_read.size_hint())
         want = 1 << 20
 
 
@@ -994,21 +1073,31 @@ def _read_current(path: Path) -> tuple[bytes, os.stat_result, int] | None:
     try:
         st = os.fstat(fd)
         read_at = time.time_ns()
-        return _read_all(fd, st.st_size), st, read_at
+        return _read_all(fd, st.st_size, path), st, read_at
     finally:
         os.close(fd)
 
 
 def _load_entry(path: Path) -> _CacheEntry | None:
-    """The file's current cache entry (reading it under LOCK_SH when needed); None if missing."""
+    """The file's current cache entry (reading it under LOCK_SH when needed); None if missing.
+
+    The stat is checked first (`_check_data_file`): what is not a regular file of a sane size
+    is never opened, so a FIFO in a data file's place cannot block the open.
+    """
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
-    entry = _cache_get(path)
+    _check_data_file(st, path)
+    entry = _cache_get(path, reading=True)
     key = _stat_key(st)
-    if entry is not None and entry.key == key and entry.read_at_ns - st.st_mtime_ns > _RACY_NS:
+    if (
+        entry is not None
+        and entry.key == key
+        and entry.read_at_ns - st.st_mtime_ns > _racy_ns(st.st_mtime_ns)
+    ):
         return entry
+    _recheck_before_read(path, st)
     current = _read_current(path)
     if current is None:
         return None
@@ -1025,7 +1114,10 @@ def _load_entry(path: Path) -> _CacheEntry | None:
 
 
 def _parse_into(entry: _CacheEntry, path: Path) -> None:
-    entry.doc = _parse(entry.raw, path)
+    """Parse for a reader: duplicate keys are looked for when a writer or `duplicate_keys`
+    asks (`_entry_duplicates`), not refused."""
+    entry.doc, entry.members = _parse_checked(entry.raw, path)
+    entry.duplicates = None
 
 
 def read_json_shared(path: Path | str, *, default: Any = _RAISE) -> Any:
@@ -1043,9 +1135,11 @@ def read_json_shared(path: Path | str, *, default: Any = _RAISE) -> Any:
 def read_json(path: Path | str, *, default: Any = _RAISE) -> Any:
     """The parsed file as a private copy the caller may change.
 
-    Malformed JSON, invalid UTF-8 and empty files raise JsonFileError naming the file, line,
-    column and a short (secret-masked) excerpt. A missing file gives `default` (a copy of it),
-    or JsonFileMissingError when no default is given.
+    Malformed JSON, invalid UTF-8, empty files, documents nested deeper than PHP reads, and
+    anything but a regular file within the size limit raise JsonFileError naming the file
+    (line, column and a short, secret-masked excerpt where they apply). A missing file gives
+    `default` (a copy of it), or JsonFileMissingError when no default is given. Duplicate keys
+    read as PHP reads them (the last value wins); `duplicate_keys` says where they are.
     """
     sentinel = object()
     value = read_json_shared(path, default=sentinel)
@@ -1054,6 +1148,13 @@ def read_json(path: Path | str, *, default: Any = _RAISE) -> Any:
             raise JsonFileMissingError(Path(path).absolute(), "the file does not exist")
         return clone_json(default)
     return clone_json(value)
+
+
+def duplicate_keys(path: Path | str) -> tuple[str, ...]:
+    """Where the file holds duplicate keys (empty: none, or no file). Reads get PHP's value of
+    each (the last); every write to the file is refused until they are removed."""
+    entry = _load_entry(Path(path).absolute())
+    return () if entry is None else _entry_duplicates(entry)
 
 
 def file_style(path: Path | str, *, default: JsonStyle = DEFAULT_STYLE) -> JsonStyle:
@@ -1077,54 +1178,81 @@ def _umask() -> int:
     return 0o022
 
 
-_Written = TypeVar("_Written")
-
-
-def _write_keeping_owner(
-    write: Callable[..., _Written], path: Path, data: bytes, like: os.stat_result | None
-) -> _Written:
-    """`write` (fsutil's write_atomically or create_atomically) of `data` at `path`, with
-    `like`'s mode and owner.
-
-    A new file (no `like`) gets the umask's mode and, when running as root, the folder's owner
-    and group: the PHP application (www-data) owns the data folder and must be able to write
-    the files created in it.
+def _create_owned(path: Path, data: bytes) -> os.stat_result | None:
+    """Create `path` holding `data` atomically (fsutil's create_atomically; None: it exists
+    now), with the umask's mode and, when running as root, the folder's owner and group: the
+    PHP application (www-data) owns the data folder and must be able to write the files
+    created in it. Existing files are rewritten in place instead (`_write_in_place`).
     """
     temp_made = False
 
     def keep_owner(fd: int) -> None:
         nonlocal temp_made
         temp_made = True
-        if like is None:
-            if os.geteuid() == 0:
-                folder = os.stat(path.parent)
-                os.fchown(fd, folder.st_uid, folder.st_gid)
-            return
-        mine = os.fstat(fd)
-        if (mine.st_uid, mine.st_gid) != (like.st_uid, like.st_gid):
-            try:
-                os.fchown(fd, like.st_uid, like.st_gid)
-            except PermissionError:
-                raise JsonFileError(
-                    path,
-                    f"cannot keep the file's owner uid={like.st_uid} gid={like.st_gid} "
-                    "when replacing it",
-                    hint="Run as that user (or root) so the PHP application can still "
-                    "write the file; nothing was changed",
-                ) from None
+        if os.geteuid() == 0:
+            folder = os.stat(path.parent)
+            os.fchown(fd, folder.st_uid, folder.st_gid)
 
-    mode = 0o666 & ~_umask() if like is None else stat.S_IMODE(like.st_mode)
     try:
-        return write(path, data, mode, prepare=keep_owner)
+        return create_atomically(path, data, 0o666 & ~_umask(), prepare=keep_owner)
     except PermissionError:
         if temp_made:
             raise
         raise JsonFileError(
             path,
             f"cannot create a temporary file in {path.parent}",
-            hint="Atomic replacement needs write permission on the folder; run as its owner "
+            hint="Creating a file needs write permission on the folder; run as its owner "
             "(or root). Nothing was changed",
         ) from None
+
+
+def _lock_for_update(path: Path) -> tuple[int | None, bool]:
+    """The file at `path` under LOCK_EX (None: missing) and whether it is open for writing: a
+    file we may not write can still be updated with no change."""
+    try:
+        return lock_current_inode(path, writable=True), True
+    except OSError as exc:
+        if not isinstance(exc, PermissionError) and exc.errno not in (errno.EROFS, errno.EPERM):
+            raise
+    return lock_current_inode(path), False
+
+
+def _write_in_place(
+    fd: int,
+    path: Path,
+    data: bytes,
+    raw: bytes,
+    ledger: recent_writes.Ledger,
+    changes: list[recent_writes.Change],
+) -> os.stat_result:
+    """Rewrite the locked file (holding `raw`) in place, PHP's way, after its durable copy
+    (write_ahead), with the ledger entries of `changes` synced beside the copy; failures
+    become JsonFileErrors that say what state the file is in."""
+    crc = zlib.crc32(data)
+    prepared = ledger.prepare(changes, len(data), crc)
+    try:
+        st = write_ahead.write_in_place(
+            fd, path, data, raw, crc, None if prepared is None else ledger.sync
+        )
+    except write_ahead.WriteAheadError as exc:
+        reason = exc.cause.strerror or str(exc.cause)
+        if not exc.unchanged:
+            raise JsonFileError(
+                path,
+                f"writing the file failed ({reason}) and its old content could not be put back",
+                hint=f"The next access completes the write from {write_ahead.wal_file(path)}",
+            ) from exc
+        if prepared is not None:
+            ledger.cancel(prepared)
+        if exc.stage == "copy":
+            what = f"cannot write the durable copy {write_ahead.wal_file(path)} ({reason})"
+        else:
+            what = f"writing the file failed ({reason}); its old content was put back"
+        raise JsonFileError(
+            path, what, hint="Nothing was changed; free disk space (or fix the error) and run again"
+        ) from exc
+    ledger.committed(data, _stat_key(st))
+    return st
 
 
 # --------------------------------------------------------------------------------------------
@@ -1195,12 +1323,18 @@ def _update(
     new_file_style: JsonStyle,
     isolate: bool,
     shared: bool = False,
+    reapplied: list[Any] | None = None,
 ) -> list[BatchOutcome]:
     """The locked read-modify-write behind locked_update*; with `shared`, the functions get the
-    shared cached document (copy-on-write) and what they return is cached as written."""
+    shared cached document (copy-on-write) and what they return is cached as written.
+
+    Under the lock, before the functions: an interrupted write is completed (write_ahead),
+    and this layer's recent writes that a later write reverted are written again, in the same
+    rewrite (recent_writes; their entries are appended to `reapplied`).
+    """
     path = Path(path).absolute()
     while True:
-        fd = lock_current_inode(path)
+        fd, writable = _lock_for_update(path)
         if fd is None:
             outcome = _update_missing(path, fns, default, new_file_style, isolate, shared)
             if outcome is None:
@@ -1210,7 +1344,9 @@ def _update(
             like = os.fstat(fd)
             # Read under the lock, always: a stat key is no proof that PHP did not rewrite the
             # file in place (same size, same timestamp tick).
-            raw = _read_all(fd, like.st_size)
+            raw = _read_all(fd, like.st_size, path)
+            if writable:
+                raw = write_ahead.repair(fd, path, raw)
             entry = _cache_get(path)
             if entry is not None and entry.raw == raw:
                 style = _entry_style(entry)
@@ -1229,19 +1365,54 @@ def _update(
                 style = _entry_style(entry)
                 _cache_put(path, entry)
             fresh_doc = _constant(doc) if shared else functools.partial(_parse, raw, path)
-            new_doc, outcomes, changed = _apply(doc, fresh_doc, fns, isolate)
-            if changed:
-                node, plain = None, False
-                if shared:
-                    data, node, plain = _encode_pieces(new_doc, style, entry.node, doc)
-                else:
-                    data = _dump_bytes(new_doc, style)
-                if data != raw:
-                    st = _write_keeping_owner(write_atomically, path, data, like)
-                    _cache_written(path, st, data, new_doc, style, node, plain)
+            ledger = recent_writes.ledger_for(path)
+            with ledger.lock:
+                reverted = ledger.check(raw, doc)
+                done: list[Any] = []
+                if reverted:
+                    fns = [_reapplying(ledger, reverted, done), *fns]
+                new_doc, outcomes, changed = _apply(doc, fresh_doc, fns, isolate)
+                if reverted:
+                    outcomes = outcomes[1:]
+                data = raw
+                if changed:
+                    node, plain = None, False
+                    if shared:
+                        data, node, plain = _encode_pieces(new_doc, style, entry.node, doc)
+                    else:
+                        data = _dump_bytes(new_doc, style)
+                if data == raw:
+                    ledger.found_intact(raw, _stat_key(like))
+                    return outcomes
+                if not writable:
+                    raise JsonFileError(
+                        path,
+                        "the file cannot be written (permission denied, or read-only)",
+                        hint="Run as its owner (or root); nothing was changed",
+                    )
+                before = doc if shared else _parse(raw, path)
+                changes = recent_writes.changes_between(before, new_doc)
+                st = _write_in_place(fd, path, data, raw, ledger, changes)
+                _cache_written(path, st, data, new_doc, style, node, plain)
+                ledger.reapplied(done)
+                if reapplied is not None:
+                    reapplied += done
             return outcomes
         finally:
             os.close(fd)
+
+
+def _reapplying(
+    ledger: recent_writes.Ledger, reverted: list[Any], done: list[Any]
+) -> Callable[[Any], Any]:
+    """The update that writes the reverted records again (first in the batch); `done` gets
+    those it could put back."""
+
+    def reapply(doc: Any) -> Any:
+        new_doc, done[:] = ledger.reapply(doc, reverted)
+        return new_doc if done else NO_CHANGE
+
+    return reapply
 
 
 def _cache_written(
@@ -1298,9 +1469,23 @@ def _update_missing(
                 data, node, plain = _encode_pieces(new_doc, style, None, None)
             else:
                 data = _dump_bytes(new_doc, style)
-            st = _write_keeping_owner(create_atomically, path, data, None)
-            if st is None:
-                return None
+            changes = recent_writes.changes_between(default, new_doc)
+            ledger = recent_writes.ledger_for(path)
+            with ledger.lock:  # a new file: created whole, so atomically (no copy needed)
+                prepared = ledger.prepare(changes, len(data), zlib.crc32(data))
+                if prepared is not None:
+                    ledger.sync()
+                try:
+                    st = _create_owned(path, data)
+                except BaseException:
+                    if prepared is not None:
+                        ledger.cancel(prepared)
+                    raise
+                if st is None:  # someone else created it: update that file instead
+                    if prepared is not None:
+                        ledger.cancel(prepared)
+                    return None
+                ledger.committed(data, _stat_key(st))
             _cache_written(path, st, data, new_doc, style, node, plain)
         return outcomes
 
@@ -1317,20 +1502,21 @@ def locked_update(
     `fn` gets a private copy of the parsed file and returns the new value, or NO_CHANGE (then
     nothing is written). If `fn` raises, nothing is written and the exception propagates.
     Returns what `fn` returned. A missing file starts from a copy of `default` (and is created,
-    in `new_file_style`, only if `fn` changes it); without a default it is JsonFileMissingError.
-    The write keeps the file's own style, mode and owner, and is atomic.
+    in `new_file_style`, atomically, only if `fn` changes it); without a default it is
+    JsonFileMissingError. The write keeps the file's own style, and rewrites the same inode
+    (mode, owner and a symlink kept), after a durable copy that repairs it if a crash cuts
+    the rewrite short (write_ahead); what it changed is recorded in the ledger of recent
+    writes before it returns, so that a PHP write that reverts it is undone (recent_writes).
 
     Why the data file itself is locked: PHP's `flock($fp, LOCK_EX)` on the same path is the
     lock the PHP application already takes, so PHP writers and ours exclude each other with no
     new convention. The lock is held across the whole read-modify-write: a read lock and a
     write lock taken separately (as PHP's DataLayer does) lose updates.
 
-    How the rename interacts with the lock: `os.replace` puts a new inode at the path while we
-    still hold the lock on the old one. A writer that was waiting then gets the lock on that
-    old, now unlinked inode; so after getting it, a writer compares its fd's inode with the
-    path's inode and, if they differ, closes the fd and locks the file again. (PHP code that
-    writes in place must do the same check after `flock`, e.g. compare `fstat($fp)['ino']`
-    with `fileinode($path)` after `clearstatcache()`, or its write can land on the old inode.)
+    Why in place and not by rename: PHP's writer waits for the lock on the inode it opened
+    and never checks that it is still the file; a rename while it waits would make it write
+    into an unlinked inode. (The inode is still compared after `flock`, against other tools
+    that replace the file.)
     """
     outcomes = _update(path, [fn], default=default, new_file_style=new_file_style, isolate=False)
     return outcomes[0].value
@@ -1353,7 +1539,7 @@ def locked_update_shared(
     change it afterwards (so values put into it must be private copies). In exchange, the next
     update neither parses the file nor re-encodes what did not change, and readers of
     `read_json_shared` go on seeing the old document, never a half-updated one. Locking, the
-    inode re-check, atomic replacement, style and errors are those of `locked_update`.
+    inode re-check, in-place rewrite, style and errors are those of `locked_update`.
     """
     outcomes = _update(
         path,
@@ -1392,8 +1578,8 @@ def write_json(
     *,
     style: JsonStyle | None = None,
 ) -> None:
-    """Replace the file's value under the lock, atomically; `style` only for a new file (an
-    existing file keeps its own)."""
+    """Replace the file's value under the lock (see `locked_update`); `style` only for a new
+    file (an existing file keeps its own)."""
     snapshot = clone_json(value)
     locked_update(
         path,
@@ -1401,6 +1587,49 @@ def write_json(
         default=None,
         new_file_style=style or DEFAULT_STYLE,
     )
+
+
+def recheck_recent_writes(path: Path | str) -> int:
+    """Complete an interrupted write of `path` and write again this layer's recent writes
+    that a later write reverted, now, under the file's lock; the number of records written
+    again. Readers call it when `recent_writes.needs_recheck` says so; `provision data
+    reconcile` calls it for every file with a ledger (`reconcile_recent_writes`)."""
+    done: list[Any] = []
+    try:
+        _update(
+            path,
+            [],
+            default=_RAISE,
+            new_file_style=DEFAULT_STYLE,
+            isolate=True,
+            shared=True,
+            reapplied=done,
+        )
+    except JsonFileMissingError:
+        return 0
+    return len(done)
+
+
+def _recheck_before_read(path: Path, st: os.stat_result) -> None:
+    """For a reader about to read `path` (`st`: its stat) from disk: complete an interrupted
+    write and write again what PHP reverted first, under LOCK_EX, when there may be any
+    (`recent_writes.needs_recheck`: two stats when there is nothing). A file this process may
+    not write, or cannot rewrite (bad JSON, duplicate keys), is read as it is."""
+    if recent_writes.needs_recheck(path, _stat_key(st)):
+        with contextlib.suppress(JsonFileError, OSError):
+            recheck_recent_writes(path)
+
+
+def reconcile_recent_writes(root: Path | str) -> tuple[int, list[str]]:
+    """`recheck_recent_writes` for every data file under `root` that has a ledger or a pending
+    durable copy: records written again, and the files that could not be checked (why)."""
+    total, errors = 0, []
+    for path in write_ahead.tracked_files(Path(root).absolute()):
+        try:
+            total += recheck_recent_writes(path)
+        except (JsonFileError, OSError) as exc:
+            errors.append(str(exc))
+    return total, errors
 
 
 # --------------------------------------------------------------------------------------------
