@@ -17,7 +17,6 @@ prober asks every earlier site over verified HTTPS throughout.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -66,7 +65,7 @@ class Drill:
     setup: list[str]  # pipelines run first on the same site, with the same parameters
     params: Callable[[str], dict[str, Any]]
     finished: Callable[[dict[str, str], str, dict[str, Any]], None]
-    # Where to kill in `make test`; PROVISION_DRILL_FULL=1 kills at every point of every drill.
+    # Where to kill: at every step boundary and inside every step's apply.
     points: tuple[str, ...] = POINTS
 
 
@@ -83,11 +82,9 @@ DRILLS = {
     "site-create": Drill("site-create", CREATE_STEPS, [], site_params, _answers),
     # The steps of these two are read from their plan on a site set up as the drill sets it
     # up (see _steps_to_drill); the drill is skipped while a pipeline is not registered.
-    # Each of their scenarios first creates a site (and undoes it after), so `make test` kills
-    # them only inside each step's apply, the cut-short case that exercises undo_from_change
-    # and recovery; the step boundaries run with PROVISION_DRILL_FULL=1.
-    "site-enable": Drill("site-enable", [], ["site-create"], site_params, _answers, ("inside",)),
-    "site-destroy": Drill("site-destroy", [], ["site-create"], site_params, _gone, ("inside",)),
+    # Each of their scenarios first creates a site (and undoes it after).
+    "site-enable": Drill("site-enable", [], ["site-create"], site_params, _answers),
+    "site-destroy": Drill("site-destroy", [], ["site-create"], site_params, _gone),
 }
 
 
@@ -221,7 +218,7 @@ def scenario(scene: Scene, drill: Drill, at: str, outcome: str) -> None:
 
 
 def _run_all(scene: Scene, drill: Drill, steps: list[str], outcome: str) -> None:
-    points = POINTS if os.environ.get("PROVISION_DRILL_FULL") == "1" else drill.points
+    points = drill.points
     cases = [f"{step}:{point}" for step in steps for point in points]
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {at: pool.submit(scenario, scene, drill, at, outcome) for at in cases}
