@@ -10,17 +10,24 @@ from provisioner.config import Settings
 from provisioner.engine import pipeline as pipelines
 from provisioner.secret_names import SECRET_KEYS
 
-PIPELINE_MODULES: tuple[str, ...] = (
-    "provisioner.demo.pipeline",
-    "provisioner.site.pipelines",
-    "provisioner.site.destroy",
-    "provisioner.site.lifecycle",
-    "provisioner.site.renewal",
-)
+# Each pipeline's name and the module whose import registers it (imported when first built).
+PIPELINES: dict[str, str] = {
+    "demo": "provisioner.demo.pipeline",
+    "site-create": "provisioner.site.pipelines",
+    "site-destroy": "provisioner.site.destroy",
+    "site-enable": "provisioner.site.lifecycle",
+    "site-disable": "provisioner.site.lifecycle",
+    "site-add-operators": "provisioner.site.lifecycle",
+    "site-remove-operators": "provisioner.site.lifecycle",
+    "certs-renew": "provisioner.site.renewal",
+}
+PIPELINE_MODULES: tuple[str, ...] = tuple(dict.fromkeys(PIPELINES.values()))
 
-__all__ = ["PIPELINE_MODULES", "SECRET_KEYS", "prepare"]
+__all__ = ["PIPELINES", "PIPELINE_MODULES", "SECRET_KEYS", "prepare"]
 
 
 def prepare(settings: Settings) -> None:
     """Register the tool's pipelines, then any the settings add (operators' own, the tests')."""
-    pipelines.load_modules((*PIPELINE_MODULES, *settings.pipeline_modules))
+    for name, module in PIPELINES.items():
+        pipelines.register_lazy(name, module)
+    pipelines.load_modules(settings.pipeline_modules)

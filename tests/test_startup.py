@@ -84,3 +84,22 @@ def test_the_lazy_help_lines_are_the_commands_own() -> None:
         command = cli.get_command(ctx, name)
         assert command is not None, name
         assert command.get_short_help_str(200) == line, name
+
+
+def test_the_pipelines_known_by_name_are_the_ones_their_modules_register() -> None:
+    """`provisioner.app.PIPELINES` lets commands skip importing every pipeline: each name must
+    be registered by its module, and every pipeline of the tool must be named there."""
+    import importlib
+
+    from provisioner.app import PIPELINES
+    from provisioner.engine import pipeline
+
+    for name, module in PIPELINES.items():
+        importlib.import_module(module)
+        assert name in pipeline._REGISTRY, f"{module} does not register {name!r}"
+    ours = {
+        name
+        for name, factory in pipeline._REGISTRY.items()
+        if factory.__module__.startswith("provisioner.")
+    }
+    assert ours <= set(PIPELINES), sorted(ours - set(PIPELINES))

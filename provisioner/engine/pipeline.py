@@ -57,6 +57,14 @@ class Pipeline:
 PipelineFactory = Callable[[dict[str, Any], "Settings"], Pipeline]
 
 _REGISTRY: dict[str, PipelineFactory] = {}
+# Pipelines known by name whose module is imported only when one is built, so a command that
+# builds none (listing runs, say) does not pay for every pipeline's imports.
+_LAZY: dict[str, str] = {}
+
+
+def register_lazy(name: str, module: str) -> None:
+    """Make `name` known now; `module` (whose import registers it) is imported on first build."""
+    _LAZY[name] = module
 
 
 def register(name: str) -> Callable[[PipelineFactory], PipelineFactory]:
@@ -83,10 +91,12 @@ def load_modules(modules: Iterable[str]) -> None:
 
 def build(name: str, params: dict[str, Any], settings: Settings) -> Pipeline:
     """The pipeline `name` for these parameters and settings."""
+    if name not in _REGISTRY and name in _LAZY:
+        load_modules([_LAZY[name]])
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
+        known = ", ".join(sorted({*_REGISTRY, *_LAZY})) or "none"
         raise PipelineError(f"unknown pipeline {name!r}; known: {known}") from None
     try:
         return factory(dict(params), settings)
