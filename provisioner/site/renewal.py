@@ -64,8 +64,8 @@ def _handshake(settings: Settings, domain: str, context: ssl.SSLContext) -> byte
 
 def served_certificate(settings: Settings, domain: str) -> Served:
     """A TLS handshake with SNI to nginx's HTTPS port, verified against the CA's root
-    (`acme_issuer_root`, else the system store). A certificate that does not verify is still
-    read, unverified, to say which one is served; it is never trusted for anything else."""
+    (`acme_issuer_root`, else the system store). A certificate that does not verify is
+    reported by the verification error; verification is never turned off to read it."""
     root = settings.acme_issuer_root
     try:
         der = _handshake(
@@ -73,17 +73,9 @@ def served_certificate(settings: Settings, domain: str) -> Served:
         )
         return Served(x509.load_der_x509_certificate(der) if der else None, der is not None)
     except ssl.SSLCertVerificationError as exc:
-        problem = f"does not verify: {exc.verify_message or exc}"
+        return Served(None, False, f"does not verify: {exc.verify_message or exc}")
     except (OSError, ssl.SSLError) as exc:
         return Served(None, False, f"no TLS answer ({exc})")
-    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    unverified.check_hostname = False
-    unverified.verify_mode = ssl.CERT_NONE  # only to name the certificate that failed
-    try:
-        der = _handshake(settings, domain, unverified)
-    except (OSError, ssl.SSLError) as exc:
-        return Served(None, False, f"{problem}; then no TLS answer ({exc})")
-    return Served(x509.load_der_x509_certificate(der) if der else None, False, problem)
 
 
 def serve_stored(settings: Settings, domain: str, serial: str) -> None:
