@@ -1,4 +1,10 @@
-"""A generator of AEIMS-shaped data at any scale, written as the PHP application writes it."""
+"""The data layer benchmarks' quick roots: customers and operators sharing one password, written
+as the PHP application writes them, a million customers in seconds.
+
+The full AEIMS-shaped dataset (every file of the catalog, both operator files, the real files'
+quirks, documented passwords) is provisioner.devdata.aeims_generator; this module shares its
+reproducible hashing, so the same seed writes the same bytes here too.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from provisioner.devdata.php_text import bcrypt_hash
 from provisioner.storage.jsonfile import JsonStyle, dump_json
-from provisioner.storage.passwords import hash_password
 
 SITES = ("flirts.nyc", "nycflirts.com", "bench.example.test")
 LAST_UPDATED = "2025-10-01 12:00:00"
@@ -83,7 +89,7 @@ def generate(root: Path, customers: int, operators: int, password: str, seed: in
     the data layer, not bcrypt.
     """
     rng = random.Random(seed)
-    hashed = hash_password(password, rounds=4)
+    hashed = bcrypt_hash(password, 4, random.Random(f"{seed}:salt").randbytes(16))
     data = root / "data"
     agents = root / "agents" / "data"
     data.mkdir(parents=True, exist_ok=True)

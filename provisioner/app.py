@@ -20,6 +20,11 @@ PIPELINES: dict[str, str] = {
     "site-add-operators": "provisioner.site.lifecycle",
     "site-remove-operators": "provisioner.site.lifecycle",
     "certs-renew": "provisioner.site.renewal",
+    "migrate-advance": "provisioner.migration.pipelines",
+    "migrate-rollback": "provisioner.migration.pipelines",
+    "migrate-archive-json": "provisioner.migration.pipelines",
+    "migrate-unarchive": "provisioner.migration.pipelines",
+    "migrate-reconcile": "provisioner.migration.pipelines",
 }
 PIPELINE_MODULES: tuple[str, ...] = tuple(dict.fromkeys(PIPELINES.values()))
 

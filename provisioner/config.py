@@ -70,6 +70,9 @@ class Settings:
     pg_statement_timeout: float = 5.0
     # While the circuit breaker is open, one request per window may try PostgreSQL again.
     breaker_retry_seconds: float = 5.0
+    # In dual_write_read_json, the fraction of the layer's reads also made on PostgreSQL in
+    # the background and compared (shadow reads, migration/shadow.py); 0 turns them off.
+    shadow_read_fraction: float = 0.01
     # The plan's emergency flags: None when unset, so the persisted phase decides.
     use_database: bool | None = None
     use_json: bool | None = None
@@ -222,6 +225,21 @@ def check_seconds(name: str, raw: Any, label: str | None = None) -> float:
         lowest = "from 0" if zero_ok else "more than 0"
         raise ConfigError(
             f"{label}={_shown(raw)} is out of range: use {lowest} up to {high:g} seconds"
+        )
+    return value
+
+
+def _parse_fraction(label: str, raw: Any) -> float:
+    """A share from 0 to 1 (NaN, infinities and anything outside are refused)."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ConfigError(f"{label} must be a number from 0 to 1, not {_kind(raw)}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{label}={_shown(raw)} is not a number; use one from 0 to 1") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"{label}={_shown(raw)} is out of range: use a number from 0 to 1 (e.g. 0.01)"
         )
     return value
 
@@ -528,6 +546,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "public_ipv6": _parse_ip(6),
     "billing_url": _parse_url,
     "billing_token": _parse_secret,
+    "shadow_read_fraction": _parse_fraction,
     **{
         name: (lambda n: lambda label, raw: check_seconds(n, raw, label))(name)
         for name in SECONDS_BOUNDS

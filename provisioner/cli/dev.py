@@ -112,5 +112,54 @@ def env(ctx: click.Context) -> None:
     click.echo(render_exports(_guarded(_stack(ctx).env)), nl=False)
 
 
+@dev.command(name="generate-data")
+@click.option(
+    "--customers",
+    type=click.IntRange(0, 100_000_000),
+    required=True,
+    help="Customers to make; operators, sites, messages... follow in proportion.",
+)
+@click.option(
+    "--seed", type=click.IntRange(0), default=1, show_default=True, help="Same seed, same bytes."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Application root to create (data/, agents/data/); must not hold them already.",
+)
+@click.option(
+    "--bcrypt-cost",
+    type=click.IntRange(4, 14),
+    default=10,
+    show_default=True,
+    help="Cost of the eight password hashes (AEIMS uses 12).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def generate_data(customers: int, seed: int, out: Path, bcrypt_cost: int, as_json: bool) -> None:
+    """Write AEIMS-shaped JSON files at any scale, with the real files' quirks, for tests and
+    benchmarks. Account number n has the password aeims-dev-<n mod 8>."""
+    import json
+
+    from provisioner.devdata.aeims_generator import generate
+
+    try:
+        dataset = generate(out, customers, seed, bcrypt_rounds=bcrypt_cost)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
+    summary = dataset.summary()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(
+        f"wrote {dataset.scale.total:,} records in {summary['files']} files "
+        f"({summary['bytes'] / 1e6:.1f} MB) under {out} in {summary['seconds']:.1f} s (seed {seed})"
+    )
+    for entity, count in summary["counts"].items():
+        click.echo(f"  {entity:<22}{count:>12,}")
+    sample = ", ".join(login for login, _ in dataset.customer_logins(3))
+    click.echo(f"passwords: {summary['passwords']}; customers that log in: {sample}, ...")
+
+
 if __name__ == "__main__":
     dev()

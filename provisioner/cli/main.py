@@ -45,6 +45,12 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str, bool]] = {
         "Start, stop and inspect the local stack (PostgreSQL, nginx, pebble, moto) on loopback.",
         True,
     ),
+    "migrate": (
+        "provisioner.cli.migrate",
+        "migrate",
+        "Move AEIMS's storage from JSON files to PostgreSQL, phase by reversible phase.",
+        True,
+    ),
     "run": (
         "provisioner.cli.run",
         "run",

@@ -116,6 +116,9 @@ class DataLayer(WritePath, Replays):
         self._last_drain_try = 0.0
         self._local = threading.local()
         self._leftovers_checked = False
+        # Shadow reads (migration/shadow.py): told of each read served from JSON in
+        # dual_write_read_json; its observe() returns at once and never raises.
+        self.read_observer: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DataLayer:
@@ -274,7 +277,10 @@ class DataLayer(WritePath, Replays):
         `key` of `entities` (None: any of their records); else from JSON."""
         phase = self.phase().phase
         if not phase.reads_pg:
-            return from_json()
+            result = from_json()
+            if self.read_observer is not None and phase == Phase.DUAL_WRITE_READ_JSON:
+                self.read_observer.observe(entities, key, from_pg, from_json, result)
+            return result
         if phase != Phase.PG_ONLY:
             self._recover_once()
             if not self.outbox.is_empty() or self._behind(entities, key):

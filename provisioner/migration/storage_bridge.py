@@ -1,0 +1,104 @@
+"""Everything the backfill and the validation take from `provisioner.storage`, in one place.
+
+The storage package is being reshaped (pg_records.py splits into storage/pg/*); when its paths
+move, this import block is the one to change. Two helpers reach past the public API, each with
+a public fallback, so a rename costs speed, never correctness:
+- `json_records`: the store's records without the private copy `load()` makes of each (the
+  backfill and the validation only read them, and from_record copies what it keeps);
+- `record_hash`: the layer's content hash of a record without the full row conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from provisioner.storage import pg_records
+from provisioner.storage.aeims_json import CATALOG, NOT_ENTITY_FILES, AeimsJsonStore
+from provisioner.storage.jsonfile import JsonFileError, forget_cached
+from provisioner.storage.migrations import MigrationError, apply_migrations, pending_migrations
+from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
+from provisioner.storage.pg_records import (
+    ENTITY_MAPS,
+    ORDER_KEY,
+    EntityMap,
+    RecordMappingError,
+    RowImage,
+    from_record,
+    strictly_equal,
+    to_record,
+)
+from provisioner.storage.timestamps import parse_timestamp
+
+__all__ = [
+    "CATALOG",
+    "ENTITIES",
+    "ENTITY_MAPS",
+    "NOT_ENTITY_FILES",
+    "ORDER_KEY",
+    "PLAINTEXT_PASSWORD_FIELDS",
+    "AeimsJsonStore",
+    "EntityMap",
+    "JsonFileError",
+    "MigrationError",
+    "RecordMappingError",
+    "RowImage",
+    "StoredRecord",
+    "apply_migrations",
+    "data_files",
+    "forget_entity_files",
+    "from_record",
+    "json_records",
+    "parse_timestamp",
+    "pending_migrations",
+    "record_hash",
+    "strictly_equal",
+    "to_record",
+]
+
+
+def json_records(store: AeimsJsonStore, entity: str) -> Iterable[StoredRecord]:
+    """The records of `entity` in file order, shared with the store's index: read, never change.
+
+    JsonFileError when a file of the entity cannot be read."""
+    index = getattr(store, "_index", None)
+    if index is not None:
+        try:
+            return list(index(entity).records.values())
+        except AttributeError:
+            pass
+    return store.load(entity)
+
+
+def data_files(store: AeimsJsonStore) -> list[tuple[str, str]]:
+    """(entity, relative path) of every JSON file the data layer knows, in entity order."""
+    return [(entity, fs.relpath) for entity in ENTITIES for fs in CATALOG[entity].files]
+
+
+def forget_entity_files(store: AeimsJsonStore, entity: str) -> None:
+    """Drop the parse cache of an entity's files once it is done (a big file's cache holds
+    several times its size); the next reader parses them again."""
+    for path in store.file_paths(entity):
+        forget_cached(path)
+    indexes = getattr(store, "_indexes", None)
+    if isinstance(indexes, dict):
+        indexes.pop(entity, None)
+
+
+_content_hash: Any = getattr(pg_records, "_content_hash", None)
+
+
+def record_hash(record: StoredRecord) -> str:
+    """The content hash the row of `record` stores (plaintext passwords never hashed).
+
+    RecordMappingError when the record cannot be stored. Records without plaintext at the top
+    level take the fast path; any other goes through from_record, which strips at any depth."""
+    data = record.data
+    if _content_hash is not None and type(data) is dict and type(record.key) is str:
+        if not PLAINTEXT_PASSWORD_FIELDS.isdisjoint(data):
+            data = {k: v for k, v in data.items() if k not in PLAINTEXT_PASSWORD_FIELDS}
+        try:
+            return str(_content_hash(record.key, data, record.placement))
+        except (TypeError, ValueError):
+            pass  # not encodable as given: from_record says why
+    return from_record(record).content_hash
