@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for provisioner: the system packages the local stack needs (nginx,
-# pebble, PostgreSQL 15) and the PHP interpreter the tests run beside the data layer (php-cli)
-# when absent, then .venv with the package and its dev extras pinned by constraints.txt.
+# pebble, PostgreSQL 15), the PHP interpreter the tests run beside the data layer (php-cli) and
+# the browser the site tests drive (chromium, with libnss3-tools' certutil) when absent, then
+# .venv with the package and its dev extras pinned by constraints.txt.
 # Idempotent and quick when nothing changed (a stamp holds the inputs' hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 [ -x "$PGBIN/initdb" ] || need_apt+=(postgresql-15)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v php >/dev/null || need_apt+=(php-cli)
+# The browser tests and `site status --screenshot`: Debian's Chromium, driven by Playwright, and
+# certutil for the private NSS database that trusts the local CA's root.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v certutil >/dev/null || need_apt+=(libnss3-tools)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then SUDO=(sudo); else
@@ -41,7 +46,8 @@ fi
 if [ "$(cat .venv/.provision-stamp 2>/dev/null)" != "$stamp" ]; then
   say "installing the package into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  # Playwright drives the system's chromium: it never downloads a browser of its own.
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
   echo "$stamp" > .venv/.provision-stamp
 fi
 say "ready"

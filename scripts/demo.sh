@@ -45,10 +45,16 @@ echo "  curl --cacert $PROVISION_ACME_ISSUER_ROOT --resolve $domain:$https_port:
 curl -sS --cacert "$PROVISION_ACME_ISSUER_ROOT" --resolve "$domain:$https_port:127.0.0.1" \
   "https://$domain:$https_port/" | grep -o '<title>[^<]*</title>' || true
 echo
+shots=var/screenshots
+mkdir -p "$shots"
+echo "== provision site status --screenshot (the page in headless Chromium, verified HTTPS, 1280 and 390 px)"
+$provision site status --site "$domain" --screenshot "$shots/$domain.png" || echo "(site status exited $?)"
+echo
 echo "Result:"
 echo "  the site's files:          $PROVISION_SITES_ROOT/$domain/"
 echo "  its vhost:                 $PROVISION_NGINX_VHOST_DIR/$domain.conf"
 echo "  its certificate:           $PROVISION_CERT_DIR/live/$domain/"
+echo "  what its visitors see:     $shots/$domain.png (1280 px), $shots/$domain-390px.png (390 px)"
 echo "  the demo page of the run:  $page"
 echo "  its row in PostgreSQL:     psql \"\$PROVISION_PG_DSN\" -c 'table demo_greetings'  (after eval \"\$(.venv/bin/provision dev env)\")"
 echo "  the journal of runs:       .venv/bin/provision runs list"

@@ -4,8 +4,9 @@ on the real local stack (nginx, pebble's certificate, the AEIMS files, PostgreSQ
 A created site is put live (its landing page over verified HTTPS), taken down (503 with its
 name over HTTPS, the ACME challenge path still served over HTTP, the certificate untouched)
 and put live again; each re-run changes nothing, and `runs rollback` of each run puts back the
-state before it. Operators are added and removed through the data layer in the JSON-only and
-a dual-write phase.
+state before it; a disabled site's certificate is still renewed. Operators are added and
+removed through the data layer in the JSON-only, a dual-write and the pg-only phase, and the
+site's record keeps its intended operators. nginx preflights wait for the host's reload lock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace as replace_settings
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,18 @@ import psycopg
 import pytest
 
 from provisioner.config import load_settings
+from provisioner.engine.step import RunContext
+from provisioner.fsutil import file_lock
+from provisioner.site.cert_store import CertStore
+from provisioner.site.intended_operators import FIELD
+from provisioner.site.nginx import NginxStep
+from provisioner.site.nginx_control import Nginx
+from provisioner.site.renewal import served_certificate
+from provisioner.site.vhost_removal import VhostRemovalStep
 from provisioner.storage import DataLayer
 from provisioner.storage.phase import Phase
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in, migrate, pg_record
+from tests.site_support import site as site_spec_of
 from tests.site_support import stack_env, unique_domain
 from tests.test_site_create import REPO, create_args, https_get, provision, world
 
@@ -61,6 +72,12 @@ def record(env: dict[str, str], domain: str) -> tuple[Any, Any]:
         site = layer.get_site(domain) or {}
         entry = layer.get("domains", domain) or {}
     return site.get("active"), entry.get("status")
+
+
+def intended(env: dict[str, str], domain: str) -> Any:
+    """The site's intended operators, as the data layer reads its record."""
+    with DataLayer.from_settings(load_settings(env=env)) as layer:
+        return (layer.get_site(domain) or {}).get(FIELD)
 
 
 def links(env: dict[str, str], domain: str) -> dict[str, Any]:
@@ -188,6 +205,28 @@ def test_enable_disable_enable_and_roll_each_back(env: dict[str, str], made: lis
     assert world(env, domain) == before
 
 
+def test_a_disabled_site_keeps_its_certificate_renewed(
+    env: dict[str, str], made: list[str]
+) -> None:
+    domain = unique_domain()
+    made_run(env, made, *create_args(domain))
+    made_run(env, made, "site", "disable", "--site", domain)
+    settings = load_settings(env=env)
+    old = served_certificate(settings, domain).serial
+
+    renewal = provision(env, "certs", "renew", "--site", domain, "--force", "--json")
+    assert renewal.returncode == 0, renewal.stdout + renewal.stderr
+    [done] = json.loads(renewal.stdout)["sites"]
+    made.append(done["run_id"])
+
+    assert done["outcome"] == "renewed", done
+    live = CertStore(settings.cert_dir, domain).current()
+    assert live is not None and f"{live.serial:x}" != old
+    assert served_certificate(settings, domain).serial == f"{live.serial:x}"
+    down = served(env, domain)
+    assert down["status"] == 503 and down["maintenance"] and down["record"] == (False, "disabled")
+
+
 def test_a_missing_site_or_operator_is_refused_on_one_line(env: dict[str, str]) -> None:
     for args in (
         ["enable", "--site", "never-made.aeims.test"],
@@ -211,6 +250,7 @@ def operators_round_trip(env: dict[str, str]) -> None:
                       "--operator", "op_test_001", "--operator", "jade")  # fmt: skip
     assert named.returncode == 0, named.stdout + named.stderr
     assert "added operators: jade (op_jade_001), testop1 (op_test_001)" in named.stdout
+    assert intended(env, FIXTURE_SITE) == ["op_jade_001", "op_test_001"]
     assert (
         run(env, "site", "add-operators", "--site", FIXTURE_SITE, "--operator", "jade")["changed"]
         is False
@@ -223,31 +263,41 @@ def operators_round_trip(env: dict[str, str]) -> None:
     assert sorted(linked) == ["op_agents_only", "op_jade_001", "op_test_001", "op_zero"]
     assert all(entry["active"] is True for entry in linked.values())
 
+    assert intended(env, FIXTURE_SITE) == sorted(linked)
+
     removed = run(env, "site", "remove-operators", "--site", FIXTURE_SITE, "--operator", "jade")
     assert removed["steps"][0]["msg"] == "removed operators: jade (op_jade_001)"
     assert "op_jade_001" not in links(env, FIXTURE_SITE)
+    assert intended(env, FIXTURE_SITE) == ["op_agents_only", "op_test_001", "op_zero"]
     run(env, "runs", "rollback", removed["run_id"])
     assert links(env, FIXTURE_SITE) == linked
+    assert intended(env, FIXTURE_SITE) == sorted(linked)
     for made in (everyone, counted):
         run(env, "runs", "rollback", made["run_id"])
     assert sorted(links(env, FIXTURE_SITE)) == ["op_jade_001", "op_test_001"]
+    assert intended(env, FIXTURE_SITE) == ["op_jade_001", "op_test_001"]
 
 
 def test_operators_in_the_json_only_phase(env: dict[str, str]) -> None:
     operators_round_trip(env)
 
 
-@pytest.fixture
-def dual_env(env: dict[str, str], fresh_pg_dsn: str, tmp_path: Path) -> dict[str, str]:
-    """The same, with the AEIMS data in the dual-write phase on a database of its own."""
+@pytest.fixture(params=[Phase.DUAL_WRITE_READ_JSON, Phase.PG_ONLY])
+def dual_env(
+    request: pytest.FixtureRequest, env: dict[str, str], fresh_pg_dsn: str, tmp_path: Path
+) -> dict[str, str]:
+    """The same, with the AEIMS data in a phase that writes PostgreSQL (both stores, or only
+    PostgreSQL) on a database of its own."""
     migrate(fresh_pg_dsn)
     root = copy_root(FIXTURE_AEIMS, tmp_path / "aeims-dual")
-    with layer_in(root, fresh_pg_dsn, Phase.DUAL_WRITE_READ_JSON):
+    with layer_in(root, fresh_pg_dsn, request.param):
         pass
     return {**env, "PROVISION_DATA_DIR": str(root), "PROVISION_PG_DSN": fresh_pg_dsn}
 
 
-def test_operators_and_activation_in_a_dual_write_phase(dual_env: dict[str, str]) -> None:
+def test_operators_and_activation_in_the_phases_that_write_postgresql(
+    dual_env: dict[str, str],
+) -> None:
     dsn = dual_env["PROVISION_PG_DSN"]
     operators_round_trip(dual_env)
     with psycopg.connect(dsn) as conn:
@@ -255,6 +305,8 @@ def test_operators_and_activation_in_a_dual_write_phase(dual_env: dict[str, str]
             "SELECT count(*) FROM operator_sites WHERE domain = %s", (FIXTURE_SITE,)
         ).fetchone()
     assert rows == (2,)
+    kept = (pg_record(dsn, "sites", "beta_example_test") or {}).get(FIELD)
+    assert kept == ["op_jade_001", "op_test_001"]  # PostgreSQL's copy of the record keeps it too
 
     # The record's half of disable and enable (`--scope global`: no web host here).
     disabled = run(dual_env, "site", "disable", "--site", "alpha.example.test", "--scope", "global")
@@ -270,3 +322,23 @@ def pg_state(dsn: str) -> tuple[Any, Any]:
     site = pg_record(dsn, "sites", "alpha_example_test") or {}
     entry = pg_record(dsn, "domains", "alpha.example.test") or {}
     return site.get("active"), entry.get("status")
+
+
+def test_nginx_preflights_test_the_config_inside_the_reload_lock(tmp_path: Path) -> None:
+    """`nginx -t` waits for another run's write-test-reload (or put-back) to finish: between
+    its write and its reload the whole config may be briefly broken."""
+    settings = replace_settings(load_settings(env=stack_env()), lock_timeout=0.2)
+    spec = site_spec_of(unique_domain())
+    ctx = RunContext(run_id="t", target="t", params={}, settings=settings)
+    steps = [NginxStep(spec, settings), VhostRemovalStep(spec, settings)]
+    vhost = settings.nginx_vhost_dir / f"{spec.domain}.conf"
+    vhost.write_text("# a vhost of this test, so that removing it is planned\n")
+    try:
+        with file_lock(Nginx(settings).reload_lock_path):
+            waited = [step.preflight(ctx) for step in steps]
+        free = [step.preflight(ctx) for step in steps]
+    finally:
+        vhost.unlink()
+    for problems in waited:
+        assert len(problems) == 1 and "another run has been reloading nginx" in problems[0]
+    assert free == [[], []]

@@ -1,14 +1,15 @@
 """`provision site status` and `site list`, in real processes on the real local stack: a
 created site is converged (exit 0); each kind of drift a person can cause (a template file or
-the vhost edited by hand, the DNS record deleted, the billing registration deleted, an
-operator unlinked) exits 1 with that step's diff and its `present` flag; an unknown site exits
-4; `site list` shows the created sites."""
+the vhost edited by hand, the DNS record deleted or pointing elsewhere, a certificate near its
+end, the billing registration deleted, an operator unlinked) exits 1 with that step's diff and
+its `present` flag; an unknown site exits 4; `site list` shows the created sites."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from provisioner.site.cert_store import CertStore
 from tests.lifecycle_e2e import (
     NAME,
     billing,
@@ -17,8 +18,11 @@ from tests.lifecycle_e2e import (
     env,
     json_of,
     layer_of,
+    route53_of,
 )
 from tests.site_e2e_support import provision
+from tests.site_support import upsert
+from tests.test_certs_renewal import mostly_used_certificate
 
 __all__ = ["created", "env"]  # fixtures
 
@@ -90,6 +94,28 @@ def test_a_deleted_dns_record_and_billing_registration_are_missing(
     assert f"+www.{created}. 300 IN A 127.0.0.1" in steps["dns"]["diff"]
     assert steps["dns"]["present"] is False and steps["billing"]["present"] is False
     assert '"name": "Status Flirts"' in steps["billing"]["diff"]
+
+
+def test_a_record_pointing_elsewhere_and_a_certificate_near_its_end_are_drift(
+    env: dict[str, str], created: str
+) -> None:
+    client, zone = route53_of(env)
+    upsert(client, zone, created, "A", 300, "10.9.9.9")
+    # Time passes: the live certificate is a 90-day one with 10 days left (a new generation
+    # of the live folder, as a renewal writes it; nginx keeps serving the one it loaded).
+    key_pem, fullchain, _ = mostly_used_certificate([created, f"www.{created}"])
+    CertStore(Path(env["PROVISION_CERT_DIR"]), created).write(key_pem, fullchain)
+    try:
+        steps = drifted(env, created)
+    finally:
+        upsert(client, zone, created, "A", 300, "127.0.0.1")
+
+    assert {"dns", "certificate"} <= set(steps) <= {"dns", "certificate", "health"}, steps
+    assert f"-{created}. 300 IN A 10.9.9.9" in steps["dns"]["diff"], steps["dns"]["diff"]
+    assert f"+{created}. 300 IN A 127.0.0.1" in steps["dns"]["diff"]
+    assert steps["dns"]["present"] is True  # a record that exists, pointing elsewhere
+    assert steps["certificate"]["present"] is True
+    assert "a third of its lifetime left (expires " in steps["certificate"]["summary"]
 
 
 def test_an_unlinked_operator_is_drift(env: dict[str, str], created: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -122,8 +123,15 @@ def _registry(
 
 @site.command("status")
 @click.option("--site", "site_ref", default=None, help="A site_id or domain (default: every site).")
+@click.option(
+    "--screenshot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also save the site's page as a browser shows it: PATH (a .png) at 1280 px and "
+    "<stem>-390px.png beside it; in an existing folder, <domain>-<width>px.png.",
+)
 @json_option
-def status(site_ref: str | None, as_json: bool) -> None:
+def status(site_ref: str | None, screenshot: Path | None, as_json: bool) -> None:
     """Check every step of a site now and show drift as diffs (exit 0 converged, 1 drift or a
     step that could not be checked, 2 bad input, 4 no such site)."""
     import sys
@@ -134,6 +142,8 @@ def status(site_ref: str | None, as_json: bool) -> None:
     from provisioner.engine.errors import UsageError
     from provisioner.site.status import statuses
 
+    if screenshot is not None:
+        _check_screenshot_request(site_ref, screenshot, as_json)
     settings, records = _registry(as_json, site_ref, EXIT_SITE_NOT_FOUND)
     try:
         runner = open_runner(settings)  # silent: the report is printed whole at the end
@@ -143,8 +153,26 @@ def status(site_ref: str | None, as_json: bool) -> None:
         found = statuses(runner, records)
     finally:
         runner.journal.close()
-    print_status(found, as_json)
-    sys.exit(status_exit(found))
+    if screenshot is None:
+        print_status(found, as_json)
+        sys.exit(status_exit(found))
+    from provisioner.cli.site_report import screenshots_of
+
+    shots, code = screenshots_of(settings, records[0].domain, screenshot)
+    print_status(found, as_json, shots)
+    sys.exit(max(status_exit(found), code))
+
+
+def _check_screenshot_request(site_ref: str | None, target: Path, as_json: bool) -> None:
+    """A screenshot needs one site, a path it can write and a browser: checked first."""
+    from provisioner.cli.common import EXIT_USAGE, fail
+    from provisioner.site.screenshot import check_browser, check_target
+
+    if site_ref is None:
+        fail("--screenshot needs --site ID: it shows one site", EXIT_USAGE, as_json)
+    problem = check_target(target) or check_browser()
+    if problem is not None:
+        fail(problem, EXIT_USAGE, as_json)
 
 
 @site.command("list")
@@ -176,6 +204,7 @@ def list_sites(as_json: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation on a terminal.")
 @click.option("--plan", is_flag=True, help="Show what would be removed; change nothing.")
 @on_failure_option
+@scope_option
 @json_option
 @lock_timeout_option
 def destroy(
@@ -184,6 +213,7 @@ def destroy(
     yes: bool,
     plan: bool,
     on_failure: str,
+    scope: str,
     as_json: bool,
     lock_timeout: float | None,
 ) -> None:
@@ -206,6 +236,7 @@ def destroy(
         plan=plan,
         as_json=as_json,
         lock_timeout=lock_timeout,
+        scope=scope,
         keep_on_failure=on_failure == "keep",
     )
 

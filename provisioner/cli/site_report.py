@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -12,23 +14,82 @@ from provisioner.cli.output import dumps
 from provisioner.engine.redact import redact
 from provisioner.site.status import DRIFT, ERROR, OK, SKIPPED, SiteStatus
 
+if TYPE_CHECKING:
+    from provisioner.config import Settings
+    from provisioner.site.screenshot import Shot
+
 MARKS = {OK: "✓", SKIPPED: "–", DRIFT: "✗", ERROR: "?"}
-EXIT_DRIFT = 1
+EXIT_DRIFT, EXIT_USAGE = 1, 2
+
+
+@dataclass
+class Screenshots:
+    """`site status --screenshot`: the PNGs taken, or why none could be (and its exit code)."""
+
+    url: str
+    shots: list[Shot] = field(default_factory=list)
+    error: str | None = None
+    code: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"url": self.url, "error": self.error}
+        return {
+            "url": self.url,
+            "shots": [
+                {"path": str(s.path), "width": s.width, "status": s.status, "problems": s.problems}
+                for s in self.shots
+            ],
+        }
+
+    def lines(self) -> list[str]:
+        if self.error is not None:
+            return [f"No screenshot taken: {self.error}"]
+        found = [f"Screenshots of {self.url} (headless Chromium, verified HTTPS):"]
+        for shot in self.shots:
+            found.append(f"  {shot.width:>4} px: {shot.path} (answered {shot.status})")
+            found += [f"          ! {problem}" for problem in shot.problems]
+        return found
+
+
+def screenshots_of(settings: Settings, domain: str, target: Path) -> tuple[Screenshots, int]:
+    """The site's page at a phone's and a desktop's width; the exit code it adds (2: no
+    browser could be started, 1: the page did not load)."""
+    from provisioner.site.screenshot import (
+        BrowserUnavailable,
+        PageUnreachable,
+        SiteBrowser,
+        take_screenshots,
+    )
+
+    report = Screenshots(url=SiteBrowser(settings, [domain]).url(domain))
+    try:
+        report.shots = take_screenshots(settings, domain, target)
+    except BrowserUnavailable as exc:
+        report.error, report.code = str(exc), EXIT_USAGE
+    except PageUnreachable as exc:
+        report.error, report.code = str(exc), EXIT_DRIFT
+    return report, report.code
 
 
 def status_exit(sites: list[SiteStatus]) -> int:
     return 0 if all(site.converged for site in sites) else EXIT_DRIFT
 
 
-def print_status(sites: list[SiteStatus], as_json: bool) -> None:
+def print_status(
+    sites: list[SiteStatus], as_json: bool, screenshots: Screenshots | None = None
+) -> None:
     code = status_exit(sites)
     if as_json:
-        payload = {
+        payload: dict[str, Any] = {
             "converged": code == 0,
             "failed": code != 0,
             "rc": code,
             "sites": [site.as_json() for site in sites],
         }
+        if screenshots is not None:
+            rc = max(code, screenshots.code)
+            payload.update(failed=rc != 0, rc=rc, screenshots=screenshots.as_json())
         click.echo(dumps(redact(payload)))
         return
     if not sites:
@@ -49,6 +110,8 @@ def print_status(sites: list[SiteStatus], as_json: bool) -> None:
             click.echo(f"  {MARKS[step.state]} {step.label}: {state}{step.summary}")
             if step.diff:
                 click.echo("\n".join("      " + line for line in step.diff.rstrip().splitlines()))
+    if screenshots is not None:
+        click.echo("\n".join(screenshots.lines()), err=screenshots.error is not None)
 
 
 def print_list(rows: list[dict[str, Any]], as_json: bool) -> None:

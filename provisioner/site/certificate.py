@@ -51,6 +51,13 @@ def replaced_id(live: LiveCert | None) -> str | None:
         return None
 
 
+def certificate_scope(settings: Settings) -> Scope:
+    """HTTP-01 is answered by the web host that asks, so each host holds its own certificate
+    (host scope). DNS-01 proves the names in DNS, not on a host: a fleet behind a load balancer
+    obtains the certificate once (global scope, on one host) and distributes its files."""
+    return Scope.GLOBAL if settings.acme_challenge == "dns-01" else Scope.HOST
+
+
 class CertificateStep(Step):
     """The site's names hold a live certificate that is not due for renewal."""
 
@@ -66,6 +73,7 @@ class CertificateStep(Step):
         ari: bool = True,
     ) -> None:
         self.spec = spec
+        self.scope = certificate_scope(settings)
         # False: decide from the files alone, with no call to the CA (`site status` reads only,
         # fast, and leaves renewal windows to `certs status`).
         self.ari = ari
@@ -234,6 +242,13 @@ class CertificateStep(Step):
         if not self.vhost:
             return None
         from provisioner.site.nginx import install_vhost
+        from provisioner.site.nginx_control import VhostFiles
+
+        files = VhostFiles.for_domain(self.spec.domain, self.settings)
+        if self.scope is Scope.GLOBAL and not files.vhost.is_file():
+            # A fleet's global run on a host without the site yet: that host's nginx step
+            # writes the vhost, with TLS, once the certificate's files are there.
+            return None
 
         return install_vhost(self.spec, self.settings)
 

@@ -30,8 +30,13 @@ class CertificateRemovalStep(Step):
     scope = Scope.HOST
 
     def __init__(self, spec: SiteSpec, settings: Settings, revoke: bool = True) -> None:
+        from provisioner.site.certificate import certificate_scope
+
         self.spec = spec
         self.settings = settings
+        # With DNS-01 the certificate was obtained once, with the issuing host's account: that
+        # host revokes it (global scope); copies distributed to the others are theirs to remove.
+        self.scope = certificate_scope(settings)
         self.revoke = revoke
         self.store = CertStore(settings.cert_dir, spec.domain)
         self.renewal = settings.cert_dir / "renewal" / f"{spec.domain}.conf"

@@ -44,10 +44,31 @@ class HealthStep(Step):
     scope = Scope.HOST
     label = "HTTPS"
 
-    def __init__(self, spec: SiteSpec, settings: Settings) -> None:
+    def __init__(self, spec: SiteSpec, settings: Settings, disabled_ok: bool = False) -> None:
         self.spec = spec
         self.settings = settings
         self.store = CertStore(settings.cert_dir, spec.domain)
+        # create's check: a site disabled on this host answers 503 on purpose, so re-running
+        # create on it (a fleet's host steps, a playbook's `present`) converges instead of
+        # waiting for a 200 that never comes.
+        self.disabled_ok = disabled_ok
+
+    @property
+    def skipped(self) -> str | None:
+        if self.disabled_ok and self._in_maintenance_here():
+            return "the site is disabled: its 503 maintenance page is on purpose"
+        return None
+
+    def _in_maintenance_here(self) -> bool:
+        from provisioner.site.nginx import VhostState, state_of
+        from provisioner.site.nginx_control import VhostFiles
+
+        vhost = VhostFiles.for_domain(self.spec.domain, self.settings).vhost
+        try:
+            content = vhost.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return state_of(content) is VhostState.MAINTENANCE
 
     @property
     def url(self) -> str:
@@ -121,6 +142,8 @@ class HealthStep(Step):
         return []
 
     def check(self, ctx: RunContext) -> Change | None:
+        if self.skipped:
+            return None
         answer = self.probe()
         if answer.ok:
             return None
@@ -132,6 +155,8 @@ class HealthStep(Step):
 
     def apply(self, ctx: RunContext) -> Undo:
         """Wait for the right answer until the deadline; changes nothing itself."""
+        if self.skipped:
+            return {}
         deadline = time.monotonic() + self.settings.health_timeout
         while True:
             answer = self.probe()

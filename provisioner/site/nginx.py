@@ -246,7 +246,10 @@ class NginxStep(Step):
             problems.append(f"nginx: {exc}")
         if problems:
             return problems
-        rejected = nginx.test()
+        try:
+            rejected = nginx.test_in_turn()
+        except NginxError as exc:
+            return [f"nginx: {exc}"]
         if rejected is not None:
             return [f"nginx: its config is already broken before this run ({rejected}); fix it"]
         answer = nginx.probe(self.spec.domain)

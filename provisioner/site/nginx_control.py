@@ -221,6 +221,13 @@ class Nginx:
             )
         return said
 
+    def test_in_turn(self) -> str | None:
+        """`nginx -t` inside the reload lock, as a preflight runs it: between another run's
+        write and its reload (or its put-back) the whole config may be briefly broken, and a
+        test then would blame this run's host. NginxError when the lock stays busy."""
+        with self.reload_lock():
+            return self.test()
+
     def reload(self) -> None:
         done = self._run("-s", "reload")
         if done.returncode != 0:

@@ -5,8 +5,10 @@ A link is the operator's `domains` map entry for the site (both operator files, 
 `operator_sites` in PostgreSQL: the data layer keeps them together, in every migration phase).
 The operators are the ids in `SiteSpec.operators` (resolved by the command before the run, so
 a resumed run acts on the same ones), or for `activate` every operator already linked to the
-site. Rollback is the operators step's: each changed link back to its previous entry, a link
-this run made removed.
+site. `add` and `remove` also change the site's intended operators (intended_operators.py:
+the set `site status` holds the links to), the set first, then the links. Rollback is the
+operators step's: each changed link back to its previous entry, a link this run made removed,
+the set as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from provisioner.clients import DATA_LAYER
 from provisioner.config import Settings
 from provisioner.engine.step import Change, RunContext, Undo
+from provisioner.site.intended_operators import SetChange, link_of, plan_set, write_set
 from provisioner.site.operators import ROLE, OperatorsStep
 from provisioner.site.spec import SiteSpec
 from provisioner.storage import DataLayer
@@ -40,11 +43,6 @@ def who(operator: dict[str, Any]) -> str:
     return f"{login} ({operator.get('id')})"
 
 
-def _entry(operator: dict[str, Any], domain: str) -> Any:
-    domains = operator.get("domains")
-    return domains.get(domain) if isinstance(domains, dict) else None
-
-
 class OperatorLinksStep(OperatorsStep):
     """The chosen operators' links to the site are as the action says."""
 
@@ -61,7 +59,7 @@ class OperatorLinksStep(OperatorsStep):
         """The operators the action is about: those named, or every one linked to the site."""
         if self.action is LinkAction.ACTIVATE:
             return [
-                op for op in layer.list("operators") if _entry(op, self.spec.domain) is not None
+                op for op in layer.list("operators") if link_of(op, self.spec.domain) is not None
             ]
         return self.pool(layer)
 
@@ -69,7 +67,7 @@ class OperatorLinksStep(OperatorsStep):
         """The operators whose link must change, by id."""
         pending = {}
         for operator in self.targets(layer):
-            entry = _entry(operator, self.spec.domain)
+            entry = link_of(operator, self.spec.domain)
             if self.action is LinkAction.REMOVE:
                 needed = entry is not None
             else:
@@ -78,26 +76,52 @@ class OperatorLinksStep(OperatorsStep):
                 pending[str(operator["id"])] = operator
         return pending
 
-    def check(self, ctx: RunContext) -> Change | None:
-        pending = self._pending(ctx.client(DATA_LAYER))
-        if not pending:
+    def _named_set_change(self, layer: DataLayer) -> SetChange | None:
+        """The site's set with the named operators added or removed (enable leaves it)."""
+        if self.action is LinkAction.ACTIVATE:
             return None
-        names = ", ".join(who(op) for op in pending.values())
-        links = {op_id: _entry(op, self.spec.domain) for op_id, op in pending.items()}
-        return Change(
-            summary=f"{self.action.verb} operators: {names}",
-            before={"domain": self.spec.domain, "links": links},
-            after={"domain": self.spec.domain, self.action.verb: sorted(pending)},
-        )
+        named = [str(op["id"]) for op in self.targets(layer)]
+        if self.action is LinkAction.ADD:
+            return plan_set(layer, self.spec, add=named, start=True)
+        return plan_set(layer, self.spec, remove=named, start=True)
+
+    def check(self, ctx: RunContext) -> Change | None:
+        layer = ctx.client(DATA_LAYER)
+        pending = self._pending(layer)
+        intended = self._named_set_change(layer)
+        if not pending and intended is None:
+            return None
+        links = {op_id: link_of(op, self.spec.domain) for op_id, op in pending.items()}
+        before: dict[str, Any] = {"domain": self.spec.domain, "links": links}
+        after: dict[str, Any] = {"domain": self.spec.domain, self.action.verb: sorted(pending)}
+        if intended is not None:
+            before["intended"] = intended.before()
+            after["intended"] = intended.now
+        if pending:
+            summary = (
+                f"{self.action.verb} operators: {', '.join(who(op) for op in pending.values())}"
+            )
+        else:
+            assert intended is not None  # checked above
+            summary = (
+                f"no link to change; the site's intended operators recorded "
+                f"({len(intended.now)}: {', '.join(intended.now) or 'none'})"
+            )
+        return Change(summary=summary, before=before, after=after)
 
     def apply(self, ctx: RunContext) -> Undo:
         layer = ctx.client(DATA_LAYER)
         pending = self._pending(layer)
-        links = {op_id: _entry(op, self.spec.domain) for op_id, op in pending.items()}
+        intended = self._named_set_change(layer)
+        links = {op_id: link_of(op, self.spec.domain) for op_id, op in pending.items()}
+        before: dict[str, Any] = {"domain": self.spec.domain, "links": links}
+        if intended is not None:  # the intent first: a run cut short is resumed from it
+            before["intended"] = intended.before()
+            write_set(layer, self.spec.site_id, intended.now)
         for op_id, entry in links.items():
             if self.action is LinkAction.REMOVE:
                 layer.remove_operator_site(op_id, self.spec.domain)
             else:
                 role = entry.get("role", ROLE) if isinstance(entry, dict) else ROLE
                 layer.set_operator_site(op_id, self.spec.domain, role=str(role), active=True)
-        return {"before": {"domain": self.spec.domain, "links": links}}
+        return {"before": before}

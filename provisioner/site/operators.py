@@ -2,9 +2,11 @@
 
 An operator serves a site when its `domains` map holds the domain with `active: true` (in both
 operator files, and `operator_sites` in PostgreSQL: the data layer keeps them together).
-`SiteSpec.operators` names the operators (ids or usernames); None means every active operator
-of the pool. Rollback takes away exactly the links this run added, and puts back the previous
-entry of a link it changed (an inactive one it re-activated).
+`SiteSpec.operators` names the operators (ids or usernames); None means the site's intended
+operators once its record keeps them (intended_operators.py), else every active operator of the
+pool. The operators it links join that set (a set is started when it links someone). Rollback
+takes away exactly the links this run added, puts back the previous entry of a link it changed
+(an inactive one it re-activated), and the set as it was.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from provisioner.config import Settings
 from provisioner.engine.pipeline import PipelineError
 from provisioner.engine.step import Change, RunContext, Scope, Step, Undo
 from provisioner.site.aeims import data_layer_problems
+from provisioner.site.intended_operators import (
+    SetChange,
+    intended_of,
+    is_linked,
+    link_of,
+    plan_set,
+    restore_set,
+    write_set,
+)
+from provisioner.site.record import SITES
 from provisioner.site.spec import SiteSpec
 from provisioner.storage import DataLayer
 
@@ -40,8 +52,13 @@ class OperatorsStep(Step):
         return layer.get_operator_by_id(ref) or layer.get_operator(ref)
 
     def pool(self, layer: DataLayer) -> list[dict[str, Any]]:
-        """The operators the site should have: those named, or the pool's active ones."""
+        """The operators the site should have: those named, else its intended ones once it
+        keeps a set (those that still exist), else the pool's active ones."""
         if self.spec.operators is None:
+            kept = intended_of(layer.get(SITES, self.spec.site_id))
+            if kept is not None:
+                found = (layer.get_operator_by_id(op_id) for op_id in kept)
+                return [op for op in found if op is not None]
             return [op for op in layer.search_operators() if op.get("status") == "active"]
         if unknown := self._unknown(layer):
             raise PipelineError(
@@ -62,10 +79,8 @@ class OperatorsStep(Step):
         for operator in self.pool(layer):
             op_id = str(operator["id"])
             ids.append(op_id)
-            domains = operator.get("domains")
-            entry = domains.get(self.spec.domain) if isinstance(domains, dict) else None
-            if not (isinstance(entry, dict) and entry.get("active") is True):
-                missing[op_id] = entry
+            if not is_linked(operator, self.spec.domain):
+                missing[op_id] = link_of(operator, self.spec.domain)
         return ids, missing
 
     # ---------------------------------------------------------------- the contract
@@ -80,25 +95,44 @@ class OperatorsStep(Step):
             )
         return problems
 
+    def _set_change(
+        self, layer: DataLayer, ids: list[str], missing: dict[str, Any]
+    ) -> SetChange | None:
+        """The site's set with these operators in it (started only when some get linked)."""
+        return plan_set(layer, self.spec, add=ids, start=bool(missing))
+
     def check(self, ctx: RunContext) -> Change | None:
-        ids, missing = self._links(ctx.client(DATA_LAYER))
-        if not missing:
+        layer = ctx.client(DATA_LAYER)
+        ids, missing = self._links(layer)
+        intended = self._set_change(layer, ids, missing)
+        if not missing and intended is None:
             return None
-        summary = f"connected to AEIMS operator pool ({len(ids)} operators)"
-        if len(missing) != len(ids):
-            summary += f"; {len(missing)} newly linked"
-        return Change(
-            summary=summary,
-            before={"domain": self.spec.domain, "links": missing},
-            after={"domain": self.spec.domain, "operators": ids, "linked": sorted(missing)},
-        )
+        before: dict[str, Any] = {"domain": self.spec.domain, "links": missing}
+        after: dict[str, Any] = {"domain": self.spec.domain, "operators": ids}
+        after["linked"] = sorted(missing)
+        if intended is not None:
+            before["intended"] = intended.before()
+            after["intended"] = intended.now
+        if missing:
+            summary = f"connected to AEIMS operator pool ({len(ids)} operators)"
+            if len(missing) != len(ids):
+                summary += f"; {len(missing)} newly linked"
+        else:
+            assert intended is not None  # checked above
+            summary = f"the site's intended operators recorded ({len(intended.now)})"
+        return Change(summary=summary, before=before, after=after)
 
     def apply(self, ctx: RunContext) -> Undo:
         layer = ctx.client(DATA_LAYER)
-        _, missing = self._links(layer)
+        ids, missing = self._links(layer)
+        intended = self._set_change(layer, ids, missing)
+        before: dict[str, Any] = {"domain": self.spec.domain, "links": missing}
+        if intended is not None:  # the intent first: a run cut short is resumed from it
+            before["intended"] = intended.before()
+            write_set(layer, self.spec.site_id, intended.now)
         for op_id in missing:
             layer.set_operator_site(op_id, self.spec.domain, role=ROLE, active=True)
-        return {"before": {"domain": self.spec.domain, "links": missing}}
+        return {"before": before}
 
     def rollback(self, ctx: RunContext, undo: Undo) -> None:
         before = undo.get("before") or {}
@@ -114,5 +148,9 @@ class OperatorsStep(Step):
                 if current is not None:
                     layer.remove_operator_site(op_id, domain)
             elif current != previous:
-                operator["domains"] = {**domains, domain: previous}
+                operator["domains"] = {
+                    **(domains if isinstance(domains, dict) else {}),
+                    domain: previous,
+                }
                 layer.save_operator(operator)
+        restore_set(layer, before)

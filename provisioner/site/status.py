@@ -87,8 +87,10 @@ class SiteStatus:
 
 
 def status_steps(spec: SiteSpec, settings: Settings, record: SiteRecord) -> list[Step]:
-    """create's steps, held to the record's state; the certificate judged without the CA."""
+    """create's steps, held to the record's state; the certificate judged without the CA; the
+    operators held to the site's intended ones (the pool's active ones when it keeps none)."""
     from provisioner.site.certificate import CertificateStep
+    from provisioner.site.intended_links import IntendedLinksStep
     from provisioner.site.nginx import NginxStep, VhostState
 
     state = record.vhost_state
@@ -98,6 +100,8 @@ def status_steps(spec: SiteSpec, settings: Settings, record: SiteRecord) -> list
             step = NginxStep(spec, settings, state)
         elif step.name == "certificate":
             step = CertificateStep(spec, settings, ari=False)
+        elif step.name == "operators":
+            step = IntendedLinksStep(spec, settings)
         elif step.name == "health" and state is VhostState.MAINTENANCE:
             continue  # a disabled site answers 503 on purpose: nothing to check there
         step.label = LABELS.get(step.name, step.label)
@@ -119,8 +123,11 @@ def _dns_exists(change: Change) -> bool:
 
 
 def _operators_exist(change: Change) -> bool:
-    """Some operators unlinked, not all of them."""
+    """Some operators unlinked, not all of them (of the site's intended ones when it keeps
+    them: a link nobody intended is drift on links that exist)."""
     after = change.after or {}
+    if "unlinked" in after:  # held to the site's intended operators
+        return len(after["unlinked"]) < len(after.get("intended", [])) or not after["unlinked"]
     return len(after.get("linked", [])) < len(after.get("operators", []))
 
 
@@ -152,7 +159,7 @@ def _diff_of(result: StepResult) -> str | None:
     if change.diff:
         return change.diff
     before, after = change.before, change.after
-    if result.name == "operators":  # the operators linked now against the pool's
+    if result.name == "operators":  # no set kept: the operators linked now against the pool's
         wanted = sorted((after or {}).get("operators", []))
         unlinked = set((after or {}).get("linked", []))
         now = [op for op in wanted if op not in unlinked]

@@ -49,7 +49,10 @@ class VhostRemovalStep(Step):
     def preflight(self, ctx: RunContext) -> list[str]:
         if self.files.read() == self._absent():
             return []
-        rejected = Nginx(self.settings).test()
+        try:
+            rejected = Nginx(self.settings).test_in_turn()
+        except NginxError as exc:
+            return [f"vhost: {exc}"]
         if rejected is not None:
             return [f"vhost: nginx's config is already broken before this run ({rejected}); fix it"]
         return []

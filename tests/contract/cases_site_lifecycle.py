@@ -4,7 +4,8 @@ page. (The files, nginx and health steps they reuse have their cases beside this
 
 The AEIMS fixture holds alpha.example.test (live, its domains.json entry active, four
 operators linked), beta.example.test (an inactive operator site without a domains.json entry
-or operators) and ghost.example.test (no site; four inactive links).
+or operators) and ghost.example.test (no site; four inactive links). Neither site record keeps
+intended operators (a site made before they were kept); `kept(...)` arranges one that does.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import Any
 from provisioner.clients import DATA_LAYER
 from provisioner.engine.step import RunContext, Step
 from provisioner.site.activation import ActivationStep
+from provisioner.site.intended_links import IntendedLinksStep
+from provisioner.site.intended_operators import FIELD
 from provisioner.site.maintenance import PAGE, MaintenancePageStep, render_page
 from provisioner.site.operator_links import LinkAction, OperatorLinksStep
-from tests.contract.cases_site_data import aeims_files, data_case, site_world, spec
+from provisioner.site.operators import OperatorsStep
+from provisioner.storage import DataLayer
+from tests.contract.cases_site_data import aeims_files, aeims_root, data_case, site_world, spec
 from tests.contract.harness import StepCase, World, tree
 
 SITE = {"domain": "newflirts.aeims.test", "name": "New Flirts", "type": "customer"}
@@ -96,17 +101,75 @@ def first_link_changed(step: Step, ctx: RunContext, world: World) -> None:
         layer.set_operator_site(first, step.spec.domain)
 
 
+def only_the_set_written(step: Step, ctx: RunContext, world: World) -> None:
+    """Killed after the site's intended operators were written, before any link changed."""
+    change = step.check(ctx)
+    assert change is not None and "intended" in change.after
+    site_id = step.spec.site_id  # type: ignore[attr-defined]
+    layer = ctx.client(DATA_LAYER)
+    layer.save("sites", {**layer.get("sites", site_id), FIELD: change.after["intended"]}, site_id)
+
+
+def kept(domain: str, ids: list[str], unlinked: tuple[str, ...] = ()) -> Any:
+    """The fixture, with the site of `domain` keeping `ids` as its intended operators and the
+    operators `unlinked` unlinked from it (by hand, behind the tool's back)."""
+
+    def arrange(world: World) -> None:
+        aeims_root(world)
+        with DataLayer(site_world(world).data_dir) as layer:
+            site_id = domain.replace(".", "_")
+            layer.save("sites", {**layer.get("sites", site_id), FIELD: ids}, site_id)
+            for op_id in unlinked:
+                layer.remove_operator_site(op_id, domain)
+
+    return arrange
+
+
+def keeps(domain: str, ids: list[str] | None, linked: list[str] | None = None) -> Any:
+    """after_apply: the site keeps `ids` (None: no set) and exactly `linked` actively linked
+    (default: `ids`)."""
+
+    def after_apply(world: World) -> None:
+        found = aeims_files(world)
+        site = found["data/sites.json"]["sites"][domain.replace(".", "_")]
+        assert site.get(FIELD) == ids, site.get(FIELD)
+        now = sorted(
+            str(op["id"])
+            for op in found["operators"]
+            if ((op.get("domains") or {}).get(domain) or {}).get("active") is True
+        )
+        assert now == sorted(ids if linked is None else linked), now
+
+    return after_apply
+
+
+ALL_FOUR = ["op_agents_only", "op_jade_001", "op_test_001", "op_zero"]
+
+
+def kept_case(name: str, kind: type[Step], build: Any, arrange: Any, **expect: Any) -> StepCase:
+    return StepCase(
+        id=f"site-{kind.name}/{name}",
+        kind=kind,
+        build=build,
+        arrange=arrange,
+        snapshot=aeims_files,
+        **expect,
+    )
+
+
 LINK_CASES = [
     data_case(
-        "links-add-named",
+        "links-add-named-starts-the-set",
         OperatorLinksStep,
         links("beta.example.test", LinkAction.ADD, "jade,op_zero"),
+        after_apply=keeps("beta.example.test", ["op_jade_001", "op_zero"]),
         partial_apply=first_link_changed,
     ),
     data_case(
-        "links-remove-named",
+        "links-remove-named-starts-the-set-from-the-links",
         OperatorLinksStep,
         links("alpha.example.test", LinkAction.REMOVE, "testop1,op_jade_001"),
+        after_apply=keeps("alpha.example.test", ["op_agents_only", "op_zero"]),
         partial_apply=first_link_changed,
     ),
     data_case(
@@ -116,15 +179,105 @@ LINK_CASES = [
         partial_apply=first_link_changed,
     ),
     data_case(
-        "links-already-linked",
+        "links-already-linked-starts-the-set",
         OperatorLinksStep,
         links("alpha.example.test", LinkAction.ADD, "jade"),
+        after_apply=keeps("alpha.example.test", ALL_FOUR),
+    ),
+    kept_case(
+        "links-add-to-the-kept-set",
+        OperatorLinksStep,
+        links("beta.example.test", LinkAction.ADD, "op_zero,jade"),
+        kept("beta.example.test", ["op_jade_001"]),
+        after_apply=keeps("beta.example.test", ["op_jade_001", "op_zero"]),
+        partial_apply=only_the_set_written,
+    ),
+    kept_case(
+        "links-remove-from-the-kept-set",
+        OperatorLinksStep,
+        links("alpha.example.test", LinkAction.REMOVE, "jade"),
+        kept("alpha.example.test", ALL_FOUR),
+        after_apply=keeps("alpha.example.test", ["op_agents_only", "op_test_001", "op_zero"]),
+        partial_apply=only_the_set_written,
+    ),
+    kept_case(
+        "links-already-linked-and-kept",
+        OperatorLinksStep,
+        links("alpha.example.test", LinkAction.ADD, "jade"),
+        kept("alpha.example.test", ALL_FOUR),
         converged=True,
     ),
-    data_case(
+    kept_case(
         "links-not-linked-to-remove",
         OperatorLinksStep,
         links("beta.example.test", LinkAction.REMOVE, "jade"),
+        kept("beta.example.test", []),
+        converged=True,
+    ),
+]
+
+# --------------------------------------------------------------------------------------------
+# create's operators step and status's, once the site keeps its intended operators
+# --------------------------------------------------------------------------------------------
+
+
+def operators_step(kind: type[OperatorsStep], domain: str) -> Any:
+    def build(world: World) -> OperatorsStep:
+        return kind(spec(domain=domain), site_world(world).settings)
+
+    return build
+
+
+def first_intended_link_changed(step: Step, ctx: RunContext, world: World) -> None:
+    """Killed after the first link was taken away (a link nobody intended), nothing else."""
+    assert isinstance(step, IntendedLinksStep)
+    ctx.client(DATA_LAYER).remove_operator_site("op_agents_only", step.spec.domain)
+
+
+INTENDED_CASES = [
+    kept_case(
+        "create-relinks-the-kept-set-only",
+        OperatorsStep,
+        operators_step(OperatorsStep, "alpha.example.test"),
+        kept("alpha.example.test", ["op_jade_001", "op_zero"], unlinked=("op_jade_001",)),
+        after_apply=keeps("alpha.example.test", ["op_jade_001", "op_zero"], ALL_FOUR),
+    ),
+    data_case(
+        "create-starts-the-set-with-the-pool",
+        OperatorsStep,
+        operators_step(OperatorsStep, "beta.example.test"),
+        after_apply=keeps("beta.example.test", ALL_FOUR),
+        partial_apply=only_the_set_written,
+    ),
+    kept_case(
+        "intended-links-drift-unlinked-gone-and-unintended",
+        IntendedLinksStep,
+        operators_step(IntendedLinksStep, "alpha.example.test"),
+        kept(
+            "alpha.example.test",
+            ["op_gone_404", "op_jade_001", "op_test_001", "op_zero"],
+            unlinked=("op_test_001",),
+        ),
+        after_apply=keeps("alpha.example.test", ["op_jade_001", "op_test_001", "op_zero"]),
+        partial_apply=first_intended_link_changed,
+    ),
+    kept_case(
+        "intended-links-as-kept",
+        IntendedLinksStep,
+        operators_step(IntendedLinksStep, "alpha.example.test"),
+        kept("alpha.example.test", ALL_FOUR),
+        converged=True,
+    ),
+    data_case(
+        "intended-links-without-a-set-held-to-the-pool",
+        IntendedLinksStep,
+        operators_step(IntendedLinksStep, "beta.example.test"),
+        after_apply=keeps("beta.example.test", ALL_FOUR),
+    ),
+    data_case(
+        "intended-links-without-a-set-converged",
+        IntendedLinksStep,
+        operators_step(IntendedLinksStep, "alpha.example.test"),
         converged=True,
     ),
 ]
@@ -198,4 +351,4 @@ def _rendered(world: World) -> None:
     (world.root / FOLDER / PAGE).write_text(render_page(spec()))
 
 
-CASES: list[StepCase] = [*ACTIVATION_CASES, *LINK_CASES, *PAGE_CASES]
+CASES: list[StepCase] = [*ACTIVATION_CASES, *LINK_CASES, *INTENDED_CASES, *PAGE_CASES]
