@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import httpx
     import psycopg
 
+    from provisioner.config import Settings
     from provisioner.storage import DataLayer
 
 
@@ -45,13 +46,17 @@ def open_pg(ctx: RunContext) -> psycopg.Connection[Any]:
 PG: Client[psycopg.Connection[Any]] = Client("postgresql", open_pg)
 
 
-def open_route53(ctx: RunContext) -> Any:
+def route53_client(settings: Settings) -> Any:
     """A Route53 client on the AWS credential chain (or the local stack's endpoint)."""
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5)
-    return boto3.client("route53", endpoint_url=ctx.settings.aws_endpoint, config=config)
+    return boto3.client("route53", endpoint_url=settings.aws_endpoint, config=config)
+
+
+def open_route53(ctx: RunContext) -> Any:
+    return route53_client(ctx.settings)
 
 
 def open_http(ctx: RunContext) -> httpx.Client:

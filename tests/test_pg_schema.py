@@ -53,20 +53,21 @@ def _tables(conn: psycopg.Connection) -> set[str]:
 
 def test_migrations_apply_in_order_and_are_recorded(conn: psycopg.Connection) -> None:
     assert current_version(conn) == 0
-    assert pending_migrations(conn) == ["0001_core", "0002_views"]
+    everything = ["0001_core", "0002_views", "0003_migration_state"]
+    assert pending_migrations(conn) == everything
 
     applied = apply_migrations(conn)
 
-    assert applied == ["0001_core", "0002_views"]
+    assert applied == everything
     rows = conn.execute(
         "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
     ).fetchall()
-    assert [(v, n) for v, n, _, _ in rows] == [(1, "0001_core"), (2, "0002_views")]
+    assert [(v, n) for v, n, _, _ in rows] == list(enumerate(everything, start=1))
     for version, name, checksum, applied_at in rows:
         on_disk = (migrations.SCHEMA_DIR / f"{name}.sql").read_bytes()
         assert checksum == hashlib.sha256(on_disk).hexdigest(), version
         assert applied_at is not None
-    assert current_version(conn) == 2
+    assert current_version(conn) == 3
 
 
 def test_rerunning_applies_nothing(migrated: psycopg.Connection) -> None:
@@ -216,15 +217,16 @@ def test_a_migration_waiting_on_a_busy_table_gives_up_instead_of_queueing_traffi
 
 LAYER_TABLES = {"phase_state", "outbox", "legacy_ids"}
 MEMBERSHIP_TABLES = {"customer_sites", "operator_sites"}
+MIGRATION_TABLES = {"migration_validations", "migration_row_digests"}
 
 
-def test_there_are_27_tables_one_per_entity_plus_memberships_and_the_layers_own(
+def test_there_are_29_tables_one_per_entity_plus_memberships_the_layers_and_the_migrations(
     migrated: psycopg.Connection,
 ) -> None:
     entity_tables = {m.table for m in ENTITY_MAPS.values()}
-    expected = entity_tables | MEMBERSHIP_TABLES | LAYER_TABLES
+    expected = entity_tables | MEMBERSHIP_TABLES | LAYER_TABLES | MIGRATION_TABLES
 
-    assert len(expected) == 27
+    assert len(expected) == 29
     assert _tables(migrated) == expected | {"schema_migrations"}
 
 

@@ -168,7 +168,7 @@ def open_store(data_dir: Path | str) -> AeimsJsonStore:
 
 
 def require_tables(conn: psycopg.Connection, fix: str) -> None:
-    """BackfillInputError unless the entity tables and the migration's own (0004) exist."""
+    """BackfillInputError unless the entity tables and the migration's own (0003) exist."""
     with conn.transaction():
         row = conn.execute(
             "SELECT to_regclass('customers') IS NOT NULL, "

@@ -11,7 +11,7 @@ the plan's lines (`report.lines()`: "145 customers validated", "0 mismatches fou
 integrity: 100%"), every mismatch (entity, key, field, both values with secrets as
 fingerprints: `validation_compare.py`), counts per entity, orphan counts per reference
 (`validation_refs.py`) and `ok`; `to_json(limit)` for `--json`. With `store_result`, the
-result is stored in `migration_validations` (schema 0004) with `covered_until`, the instant
+result is stored in `migration_validations` (schema 0003) with `covered_until`, the instant
 the run started: every write acknowledged before it was on both sides when they were read.
 
 How it compares, per entity (one at a time, so memory follows the biggest JSON file, never

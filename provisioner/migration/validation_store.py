@@ -1,4 +1,4 @@
-"""Where validation results live: the `migration_validations` table (schema 0004).
+"""Where validation results live: the `migration_validations` table (schema 0003).
 
 `last_validation(target)` is what the gate of `provision migrate advance` reads: the newest
 result, with `covered_until`, the instant up to which every acknowledged write was on both
@@ -86,7 +86,7 @@ def save_result(conn: psycopg.Connection, report: ValidationReport) -> int:
 
 
 def last_validation(target: str | psycopg.Connection) -> ValidationSummary | None:
-    """The newest stored validation, or None (never validated, or schema 0004 not applied)."""
+    """The newest stored validation, or None (never validated, or schema 0003 not applied)."""
     from provisioner.migration.backfill import connection
 
     with connection(target, "validate") as conn, conn.transaction():

@@ -244,13 +244,19 @@ class Dns01:
 
 
 def answerer_for(settings: Settings) -> Answerer:
+    """HTTP-01 through the webroot; DNS-01 through pebble's DNS in the local stack (its URL
+    set), else through Route53 (PROVISION_DNS_PROVIDER=route53, the AWS credential chain)."""
     if settings.acme_challenge == "dns-01":
-        if not settings.challtestsrv_url:
-            raise AcmeError(
-                "DNS-01 needs a DNS provider for TXT records: only challtestsrv is built in; "
-                "set PROVISION_CHALLTESTSRV_URL, or use PROVISION_ACME_CHALLENGE=http-01"
-            )
-        return Dns01(ChallTestSrvDns(settings.challtestsrv_url), settings)
+        if settings.challtestsrv_url:
+            return Dns01(ChallTestSrvDns(settings.challtestsrv_url), settings)
+        if settings.dns_provider == "route53":
+            from provisioner.site.route53_txt import Route53Txt, route53_client
+
+            return Dns01(Route53Txt(route53_client(settings)), settings)
+        raise AcmeError(
+            "DNS-01 needs a DNS provider for TXT records: set PROVISION_DNS_PROVIDER=route53 "
+            "(with AWS credentials), or use PROVISION_ACME_CHALLENGE=http-01"
+        )
     return Http01Webroot(settings.acme_webroot)
 
 

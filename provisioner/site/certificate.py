@@ -135,6 +135,7 @@ class CertificateStep(Step):
                 "PROVISION_ACME_WEBROOT"
             ]
         try:
+            acme.answerer_for(settings)  # DNS-01 without a DNS provider stops here
             _, problems = self._before_order_problems(probe=False)
         except acme.AcmeError as exc:
             return [f"certificate: {exc}"]
