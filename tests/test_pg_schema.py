@@ -11,15 +11,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from provisioner.storage import migrations
-from provisioner.storage.migrations import (
+from provisioner.storage.pg import schema_versions as migrations
+from provisioner.storage.pg.maps import ENTITY_MAPS
+from provisioner.storage.pg.schema_versions import (
     MigrationChecksumError,
     MigrationError,
     apply_migrations,
     current_version,
     pending_migrations,
 )
-from provisioner.storage.pg_records import ENTITY_MAPS
 
 
 @pytest.fixture
@@ -53,20 +53,30 @@ def _tables(conn: psycopg.Connection) -> set[str]:
 
 def test_migrations_apply_in_order_and_are_recorded(conn: psycopg.Connection) -> None:
     assert current_version(conn) == 0
-    assert pending_migrations(conn) == ["0001_core", "0002_views"]
+    assert pending_migrations(conn) == [
+        "0001_core",
+        "0002_views",
+        "0004_migration_state",
+        "0005_drop_dead_tables",
+    ]
 
     applied = apply_migrations(conn)
 
-    assert applied == ["0001_core", "0002_views"]
+    assert applied == ["0001_core", "0002_views", "0004_migration_state", "0005_drop_dead_tables"]
     rows = conn.execute(
         "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
     ).fetchall()
-    assert [(v, n) for v, n, _, _ in rows] == [(1, "0001_core"), (2, "0002_views")]
+    assert [(v, n) for v, n, _, _ in rows] == [
+        (1, "0001_core"),
+        (2, "0002_views"),
+        (4, "0004_migration_state"),
+        (5, "0005_drop_dead_tables"),
+    ]
     for version, name, checksum, applied_at in rows:
         on_disk = (migrations.SCHEMA_DIR / f"{name}.sql").read_bytes()
         assert checksum == hashlib.sha256(on_disk).hexdigest(), version
         assert applied_at is not None
-    assert current_version(conn) == 2
+    assert current_version(conn) == 5
 
 
 def test_rerunning_applies_nothing(migrated: psycopg.Connection) -> None:
@@ -214,18 +224,39 @@ def test_a_migration_waiting_on_a_busy_table_gives_up_instead_of_queueing_traffi
 
 # --- the schema ----------------------------------------------------------------------------------
 
-LAYER_TABLES = {"phase_state", "outbox", "legacy_ids"}
+LAYER_TABLES = {"phase_state"}
+DEAD_TABLES = {"outbox", "legacy_ids"}  # created by 0001, dropped by 0005
 MEMBERSHIP_TABLES = {"customer_sites", "operator_sites"}
+MIGRATION_TABLES = {"migration_validations", "migration_row_digests"}  # 0004
 
 
-def test_there_are_27_tables_one_per_entity_plus_memberships_and_the_layers_own(
+def test_there_are_25_tables_one_per_entity_plus_memberships_and_the_layers_own(
     migrated: psycopg.Connection,
 ) -> None:
     entity_tables = {m.table for m in ENTITY_MAPS.values()}
     expected = entity_tables | MEMBERSHIP_TABLES | LAYER_TABLES
 
-    assert len(expected) == 27
-    assert _tables(migrated) == expected | {"schema_migrations"}
+    assert len(expected) == 25
+    assert _tables(migrated) == expected | MIGRATION_TABLES | {"schema_migrations"}
+
+
+@pytest.fixture
+def before_0005(conn: psycopg.Connection, tmp_path: Path) -> psycopg.Connection:
+    """The schema as it was before 0005 dropped the dead tables."""
+    for path in sorted(migrations.SCHEMA_DIR.glob("*.sql")):
+        if path.name < "0005":
+            shutil.copy(path, tmp_path / path.name)
+    apply_migrations(conn, tmp_path)
+    return conn
+
+
+def test_0005_drops_the_dead_tables_and_nothing_else(before_0005: psycopg.Connection) -> None:
+    before = _tables(before_0005)
+    assert before >= DEAD_TABLES
+
+    assert apply_migrations(before_0005) == ["0005_drop_dead_tables"]
+
+    assert _tables(before_0005) == before - DEAD_TABLES
 
 
 def test_every_mapped_column_exists_with_the_mapped_type(migrated: psycopg.Connection) -> None:
@@ -330,7 +361,8 @@ def test_phase_state_is_one_row_with_a_known_phase(migrated: psycopg.Connection)
         )
 
 
-def test_outbox_accepts_upserts_and_deletes_only(migrated: psycopg.Connection) -> None:
+def test_outbox_accepted_upserts_and_deletes_only(before_0005: psycopg.Connection) -> None:
+    migrated = before_0005
     migrated.execute(
         "INSERT INTO outbox (entity, key, op, payload) VALUES ('customers', 'c1', 'upsert', '{}')"
     )
@@ -350,7 +382,8 @@ def test_outbox_accepts_upserts_and_deletes_only(migrated: psycopg.Connection) -
         )
 
 
-def test_legacy_ids_map_one_legacy_id_to_one_key(migrated: psycopg.Connection) -> None:
+def test_legacy_ids_mapped_one_legacy_id_to_one_key(before_0005: psycopg.Connection) -> None:
+    migrated = before_0005
     migrated.execute(
         "INSERT INTO legacy_ids VALUES ('operators', 'nycdiamond', 'op_68eb76056f6e9')"
     )
