@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner.storage.aeims import operators as aeims_operators
 from provisioner.storage.aeims import store as aeims_store
 from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.jsonvalues import json_equal
@@ -259,6 +260,7 @@ def test_after_its_own_writes_the_store_neither_parses_nor_scans(
     monkeypatch.setattr(phpjson_read, "_parse", refuse)
     monkeypatch.setattr(phpjson_files, "_parse", refuse)
     monkeypatch.setattr(aeims_store, "_scan", refuse)
+    monkeypatch.setattr(aeims_operators, "_scan", refuse)
 
     for batch in range(3):
         store.upsert("messages", [message(f"msg_{batch}_{i}") for i in range(8)])
