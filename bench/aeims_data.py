@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from provisioner.devdata.php_text import bcrypt_hash
-from provisioner.storage.jsonfile import JsonStyle, dump_json
+from provisioner.storage.phpjson.encode import dump_json
+from provisioner.storage.phpjson.style import JsonStyle
 
 SITES = ("flirts.nyc", "nycflirts.com", "bench.example.test")
 LAST_UPDATED = "2025-10-01 12:00:00"

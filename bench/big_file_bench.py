@@ -35,8 +35,8 @@ def _rss_mb() -> float:
 def measure(root: Path, calls: int, dsn: str, customers: int) -> dict[str, Any]:
     """The figures, in this process: cold first call, warm latencies, baseline, RSS."""
     from bench.datalayer_bench import paired, percentiles
-    from provisioner.storage.datalayer import DataLayer
-    from provisioner.storage.phase import Phase
+    from provisioner.storage.layer.datalayer import DataLayer
+    from provisioner.storage.layer.phase import Phase
 
     rng = random.Random(3)
     raw = psycopg.connect(dsn, autocommit=True, prepare_threshold=0)

@@ -27,11 +27,11 @@ from psycopg import sql
 
 from bench import big_file_bench
 from bench.aeims_data import generate
-from provisioner.storage import pg_records as pg
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.migrations import apply_migrations
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import ENTITIES
-from provisioner.storage.phase import Phase
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.pg.schema_versions import apply_migrations
 from tests.tcp_proxy import TcpProxy
 
 PASSWORD = "bench-password"
@@ -69,7 +69,7 @@ def backfill(layer: DataLayer, dsn: str) -> None:
         for entity in ENTITIES:
             records = layer.json.load(entity)
             if records:
-                pg.copy_records(conn, records)
+                pg_records.copy_records(conn, records)
 
 
 def write_rate(writers: int, per_writer: int, write: Callable[[int, int], None]) -> float:

@@ -168,9 +168,10 @@ def scratch_database(base_dsn: str) -> Iterator[str]:
 def raw_copy(root: Path, dsn: str) -> tuple[int, float]:
     """COPY of rows prepared beforehand (through the layer's mapping, not timed) into the
     entity tables: (rows, seconds of COPY alone). The tables are emptied after."""
-    from provisioner.storage.aeims_json import AeimsJsonStore
+    from provisioner.storage.aeims.store import AeimsJsonStore
     from provisioner.storage.model import ENTITIES
-    from provisioner.storage.pg_records import ENTITY_MAPS, from_record
+    from provisioner.storage.pg.maps import ENTITY_MAPS
+    from provisioner.storage.pg.rows import from_record
 
     store = AeimsJsonStore(root)
     rows = 0
@@ -202,7 +203,7 @@ def raw_copy(root: Path, dsn: str) -> tuple[int, float]:
 def raw_select(dsn: str) -> tuple[int, float]:
     """Every row of every entity table through a server-side cursor."""
     from provisioner.storage.model import ENTITIES
-    from provisioner.storage.pg_records import ENTITY_MAPS
+    from provisioner.storage.pg.maps import ENTITY_MAPS
 
     rows = 0
     start = time.perf_counter()
@@ -258,8 +259,8 @@ def sync_lag(dataset: Dataset, dsn: str, rounds: int = 5) -> list[float] | str:
     watching; or why it could not be measured."""
     if not (_available("provisioner.migration.sync") and _available("watchfiles")):
         return "not available (provisioner.migration.sync or watchfiles missing)"
-    from provisioner.storage.datalayer import DataLayer
-    from provisioner.storage.phase import Phase
+    from provisioner.storage.layer.datalayer import DataLayer
+    from provisioner.storage.layer.phase import Phase
 
     with DataLayer(dataset.root, dsn) as layer:
         layer.set_phase(Phase.DUAL_WRITE_READ_JSON, "bench")
@@ -317,8 +318,8 @@ def _php_rewrite(path: Path, customer_id: str, new_ip: str) -> None:
 # ------------------------------------------------------------------------------------ load
 def load_figures(dataset: Dataset, dsn: str, seconds: float) -> list[str]:
     """The sessions' load in every phase and during a backfill, beside raw psycopg."""
-    from provisioner.storage.datalayer import DataLayer
-    from provisioner.storage.phase import Phase
+    from provisioner.storage.layer.datalayer import DataLayer
+    from provisioner.storage.layer.phase import Phase
 
     failures: list[str] = []
     logins, reads = migration_load.operations(dataset)
@@ -401,7 +402,7 @@ def measure_size(
         tempfile.TemporaryDirectory(prefix="provision-bench-mig-") as tmp,
         scratch_database(base_dsn) as dsn,
     ):
-        from provisioner.storage.migrations import apply_migrations
+        from provisioner.storage.pg.schema_versions import apply_migrations
 
         with psycopg.connect(dsn, autocommit=True) as conn:
             apply_migrations(conn)
@@ -517,16 +518,16 @@ def measure_size(
 def _fallback_load(root: Path, dsn: str) -> None:
     """Without the backfill module, load the rows with the layer's copy_records, so that the
     SELECT baseline and the load still have data."""
-    from provisioner.storage import pg_records as pg
-    from provisioner.storage.aeims_json import AeimsJsonStore
+    from provisioner.storage.aeims.store import AeimsJsonStore
     from provisioner.storage.model import ENTITIES
+    from provisioner.storage.pg import records as pg_records
 
     store = AeimsJsonStore(root)
     with psycopg.connect(dsn, autocommit=True) as conn:
         for entity in ENTITIES:
             records = store.load(entity)
             if records:
-                pg.copy_records(conn, records)
+                pg_records.copy_records(conn, records)
 
 
 def chart(figures: list[dict[str, Any]], path: Path = CHART) -> Path | None:

@@ -122,8 +122,8 @@ def run_load(
 
 def layer_ops(layer: object) -> tuple[Callable[[str], object], Callable[[str, str], object]]:
     """The data layer's calls for a lookup and for each kind of read."""
-    from provisioner.storage.auth import AmbiguousLogin
-    from provisioner.storage.datalayer import DataLayer
+    from provisioner.storage.layer.auth import AmbiguousLogin
+    from provisioner.storage.layer.datalayer import DataLayer
 
     assert isinstance(layer, DataLayer)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from provisioner.engine.redact import redact_dsn
+from provisioner.redact import redact_dsn
 
 ENV_PREFIX = "PROVISION_"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,12 +1,12 @@
 """The field names that hold secrets in AEIMS records, settings and billing calls.
 
-Importing this module registers them with the engine's redaction, so they are masked in the
+Importing this module registers them with the shared redaction, so they are masked in the
 journal, logs and output whichever part of the tool writes them.
 """
 
 from __future__ import annotations
 
-from provisioner.engine.redact import register_secret_keys
+from provisioner.redact import register_secret_keys
 
 SECRET_KEYS: tuple[str, ...] = (
     "password_plaintext_for_testing",

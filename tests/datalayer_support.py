@@ -11,11 +11,11 @@ from typing import Any
 
 import psycopg
 
-from provisioner.storage import pg_records as pg
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.migrations import apply_migrations
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import ENTITIES
-from provisioner.storage.phase import Phase
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.pg.schema_versions import apply_migrations
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AEIMS = REPO.parent / "shared" / "aeims" / "data"
@@ -42,7 +42,7 @@ def backfill(layer: DataLayer) -> None:
         for entity in ENTITIES:
             records = layer.json.load(entity)
             if records:
-                pg.upsert_records(conn, records)
+                pg_records.upsert_records(conn, records)
 
 
 def layer_in(root: Path, dsn: str | None, phase: Phase, **kwargs: object) -> DataLayer:
@@ -55,7 +55,7 @@ def layer_in(root: Path, dsn: str | None, phase: Phase, **kwargs: object) -> Dat
 
 def pg_record(dsn: str, entity: str, key: str) -> dict | None:
     with psycopg.connect(dsn) as conn:
-        found = pg.get_record(conn, entity, key)
+        found = pg_records.get_record(conn, entity, key)
     return None if found is None else found.data
 
 

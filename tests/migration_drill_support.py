@@ -30,10 +30,10 @@ from typing import Any
 import psycopg
 
 from provisioner.migration.sync import sync_status
-from provisioner.storage import pg_records
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.datalayer import DataLayer
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.datalayer import DataLayer
 from provisioner.storage.passwords import hash_password
+from provisioner.storage.pg import records as pg_records
 
 TESTS = Path(__file__).resolve().parent
 SECURITY_MANAGER = TESTS / "php" / "security_manager.php"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.recent_writes import health_report
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.phpjson.recent_writes import health_report
 
 TESTS = Path(__file__).resolve().parent
 PHP_WRITER = TESTS / "php" / "writer.php"

@@ -20,11 +20,11 @@ from provisioner.devdata.aeims_generator import (
     generate,
     password_for,
 )
-from provisioner.storage.aeims_json import CATALOG, NOT_ENTITY_FILES
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.jsonfile import dump_json
+from provisioner.storage.aeims.catalog import CATALOG, NOT_ENTITY_FILES
+from provisioner.storage.layer.datalayer import DataLayer
 from provisioner.storage.model import ENTITIES
 from provisioner.storage.passwords import verify_password
+from provisioner.storage.phpjson.encode import dump_json
 from provisioner.storage.timestamps import TimestampFormat, detect_format
 
 CUSTOMERS = 3000

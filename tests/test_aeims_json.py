@@ -14,14 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.storage.aeims_json import (
-    CATALOG,
-    NOT_ENTITY_FILES,
-    AeimsJsonStore,
-    normalize_login,
-)
-from provisioner.storage.jsonfile import JsonFileError, json_equal, read_json
+from provisioner.storage.aeims.catalog import CATALOG, NOT_ENTITY_FILES
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.jsonvalues import json_equal
+from provisioner.storage.logins import normalize_login
 from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
+from provisioner.storage.phpjson.errors import JsonFileError
+from provisioner.storage.phpjson.read import read_json
 from provisioner.storage.timestamps import (
     TimestampFormat,
     detect_format,

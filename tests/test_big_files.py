@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from bench.aeims_data import LAST_UPDATED, SITES, STYLE, customer, customers_text
-from provisioner.storage import aeims_json, jsonfile
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.jsonfile import dump_json, forget_cached
+from provisioner.storage.aeims import store as aeims_store
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.phpjson import read as phpjson_read
+from provisioner.storage.phpjson.encode import dump_json
+from provisioner.storage.phpjson.read import forget_cached
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root
 
 # Bigger than the 64 MB above which files used to be parsed again on every read.
@@ -51,8 +53,8 @@ def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[in
 def test_an_unchanged_big_file_is_parsed_once(
     big_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    parses = counting(monkeypatch, jsonfile, "_parse_checked")
-    scans = counting(monkeypatch, aeims_json, "_scan")
+    parses = counting(monkeypatch, phpjson_read, "_parse_checked")
+    scans = counting(monkeypatch, aeims_store, "_scan")
     layer = DataLayer(big_root)
 
     for _ in range(20):
@@ -70,7 +72,7 @@ def test_a_rewrite_of_a_big_file_is_parsed_once_more(
 ) -> None:
     layer = DataLayer(big_root)
     assert layer.get_customer("alice") is not None
-    parses = counting(monkeypatch, jsonfile, "_parse_checked")
+    parses = counting(monkeypatch, phpjson_read, "_parse_checked")
     path = big_root / "data" / "customers.json"
     with open(path, "r+") as f:  # PHP's in-place rewrite, same size
         text = f.read().replace('"username": "alice"', '"username": "alize"')
@@ -93,11 +95,11 @@ def test_a_changed_ctime_alone_is_read_again_but_not_parsed(
     os.utime(path, ns=(long_ago, long_ago))
     layer = DataLayer(big_root)
     assert layer.get_customer("alice") is not None
-    reads = counting(monkeypatch, jsonfile, "_read_current")
+    reads = counting(monkeypatch, phpjson_read, "_read_current")
     assert layer.get_customer("alice") is not None
     assert len(reads) == 0  # served on the stat key alone
     os.utime(path, ns=(long_ago, long_ago))  # same bytes, same mtime, new ctime
-    parses = counting(monkeypatch, jsonfile, "_parse_checked")
+    parses = counting(monkeypatch, phpjson_read, "_parse_checked")
 
     assert layer.get_customer("alice") is not None
 

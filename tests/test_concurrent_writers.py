@@ -17,9 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from provisioner.storage import pg_records as pg
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.phase import Phase
+from provisioner.storage import jsonvalues
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
+from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in, migrate
 
 WORKERS = 4
@@ -144,10 +145,10 @@ def test_processes_writing_both_stores_lose_and_duplicate_nothing(
         assert layer.outbox.depth() == 0
         for entity in ("customers", "messages"):
             in_json = {r.key: r.without_plaintext().data for r in layer.json.load(entity)}
-            in_pg = {r.key: r.data for r in pg.list_records(conn, entity)}
+            in_pg = {r.key: r.data for r in pg_records.list_records(conn, entity)}
             assert sorted(in_pg) == sorted(in_json), entity
             for key, data in in_json.items():
-                assert pg.strictly_equal(in_pg[key], data), (entity, key)
+                assert jsonvalues.json_equal(in_pg[key], data), (entity, key)
 
 
 def test_processes_writing_json_only_lose_and_duplicate_nothing(root: Path) -> None:

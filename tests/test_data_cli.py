@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.phase import Phase
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from tests.datalayer_support import FIXTURE_AEIMS, closed_port_dsn, copy_root, layer_in, migrate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from provisioner.storage.breaker import BreakerState
-from provisioner.storage.datalayer import DataLayer, DataUnavailable
+from provisioner.storage.layer.breaker import BreakerState
+from provisioner.storage.layer.datalayer import DataLayer, DataUnavailable
+from provisioner.storage.layer.phase import Phase, write_phase
 from provisioner.storage.passwords import hash_password
-from provisioner.storage.phase import Phase, write_phase
 from tests.datalayer_support import (
     FIXTURE_AEIMS,
     closed_port_dsn,

@@ -22,9 +22,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from provisioner.storage.datalayer import DataLayer
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.passwords import hash_password
-from provisioner.storage.phase import Phase
 from provisioner.storage.values import UnstorableValue
 from tests.datalayer_support import (
     FIXTURE_AEIMS,
@@ -268,7 +268,7 @@ def test_health_json_lists_the_quarantine_without_secrets_and_exits_1(
 # ------------------------------------------- 5. a writer killed between JSON and PostgreSQL
 def _killed_between_json_and_postgresql(root: str, dsn: str, credits: int) -> None:
     """In a child process: the PostgreSQL half kills the process (SIGKILL, no cleanup)."""
-    from provisioner.storage import writes
+    from provisioner.storage.layer import writes
 
     def die(*_args: object, **_kwargs: object) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -546,7 +546,7 @@ def _guesser(
 ) -> None:
     """In a child process: `threads` threads guessing `login`'s password `guesses` times each;
     every check against the account's real hash is appended to the file `checks`."""
-    from provisioner.storage import auth
+    from provisioner.storage.layer import auth
 
     real = auth.verify_password
 

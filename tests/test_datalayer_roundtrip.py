@@ -24,10 +24,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from provisioner.storage import pg_records as pg
-from provisioner.storage.aeims_json import AeimsJsonStore
+from provisioner.storage import jsonvalues
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import CREDENTIAL_DOC_KEYS, ENTITIES, PLAINTEXT_PASSWORD_FIELDS
-from provisioner.storage.phase import Phase
+from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import FIXTURE_AEIMS, SHARED_AEIMS, copy_root, layer_in, migrate
 
 SOURCES = {"fixtures": FIXTURE_AEIMS, "real": SHARED_AEIMS}
@@ -107,9 +108,9 @@ def test_every_file_comes_back_through_postgresql(source: Path, tmp_path: Path, 
         assert into_json.load(entity) == [], entity
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        pg.upsert_records(conn, records)
+        pg_records.upsert_records(conn, records)
         for entity in ENTITIES:
-            into_json.replace_all(entity, pg.list_records(conn, entity))
+            into_json.replace_all(entity, pg_records.list_records(conn, entity))
 
     files = sorted(p.relative_to(original) for p in original.rglob("*.json"))
     assert Path("agents/data/operators.json") in files and len(files) >= 20
@@ -145,7 +146,7 @@ def assert_operator_files_equal_field_by_field(original: Path, back: Path) -> No
             came_back = got[file_key]
             assert list(came_back) == list(operator), (relpath, file_key)
             for name, value in operator.items():
-                assert pg.strictly_equal(came_back[name], value), (relpath, file_key, name)
+                assert jsonvalues.json_equal(came_back[name], value), (relpath, file_key, name)
 
 
 def canonical(records: list[dict[str, Any]]) -> list[str]:

@@ -15,18 +15,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.json_read import MAX_BYTES_SETTING, PHP_MAX_DEPTH
-from provisioner.storage.jsonfile import (
-    JsonFileError,
-    duplicate_keys,
-    file_style,
-    forget_cached,
-    locked_update,
-    read_json,
-)
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.datalayer import DataLayer
 from provisioner.storage.model import ENTITIES, StoredRecord
+from provisioner.storage.phpjson.errors import JsonFileError
+from provisioner.storage.phpjson.files import locked_update
+from provisioner.storage.phpjson.limits import MAX_BYTES_SETTING, PHP_MAX_DEPTH
+from provisioner.storage.phpjson.read import duplicate_keys, file_style, forget_cached, read_json
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root
 from tests.test_data_cli import provision
 

@@ -21,19 +21,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.storage import aeims_json, jsonfile
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.jsonfile import (
-    NO_CHANGE,
-    JsonStyle,
-    detect_style,
-    dump_json,
-    json_equal,
-    locked_update_shared,
-    read_json,
-    read_json_shared,
-)
+from provisioner.storage.aeims import operators as aeims_operators
+from provisioner.storage.aeims import store as aeims_store
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.jsonvalues import json_equal
 from provisioner.storage.model import StoredRecord
+from provisioner.storage.phpjson import files as phpjson_files
+from provisioner.storage.phpjson import pieces as phpjson_pieces
+from provisioner.storage.phpjson import read as phpjson_read
+from provisioner.storage.phpjson.encode import dump_json
+from provisioner.storage.phpjson.errors import NO_CHANGE
+from provisioner.storage.phpjson.files import locked_update_shared
+from provisioner.storage.phpjson.read import read_json, read_json_shared
+from provisioner.storage.phpjson.style import JsonStyle, detect_style
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures/aeims"
 
@@ -47,9 +47,9 @@ def app(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_cache_between_tests() -> Iterator[None]:
-    jsonfile.forget_cached()
+    phpjson_read.forget_cached()
     yield
-    jsonfile.forget_cached()
+    phpjson_read.forget_cached()
 
 
 def message(key: str, content: str = "hi https://a.test/x 💋") -> StoredRecord:
@@ -152,7 +152,7 @@ def test_a_file_updated_in_pieces_is_byte_for_byte_the_whole_encoding(
 ) -> None:
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
         # Small documents too get containers encoded as nodes of their own.
-        patch.setattr(jsonfile, "_NODE_MIN_MEMBERS", node_min_members)
+        patch.setattr(phpjson_pieces, "_NODE_MIN_MEMBERS", node_min_members)
         path = Path(folder) / "items.json"
         text = dump_json(doc, style)
         path.write_text(text, encoding="utf-8")
@@ -257,8 +257,10 @@ def test_after_its_own_writes_the_store_neither_parses_nor_scans(
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("parsed or scanned again")
 
-    monkeypatch.setattr(jsonfile, "_parse", refuse)
-    monkeypatch.setattr(aeims_json, "_scan", refuse)
+    monkeypatch.setattr(phpjson_read, "_parse", refuse)
+    monkeypatch.setattr(phpjson_files, "_parse", refuse)
+    monkeypatch.setattr(aeims_store, "_scan", refuse)
+    monkeypatch.setattr(aeims_operators, "_scan", refuse)
 
     for batch in range(3):
         store.upsert("messages", [message(f"msg_{batch}_{i}") for i in range(8)])
@@ -372,7 +374,7 @@ def assert_like_a_full_scan(store: AeimsJsonStore, root: Path, entity: str) -> N
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_indexes_carried_across_writes_equal_a_full_scan(data: st.DataObject) -> None:
-    jsonfile.forget_cached()
+    phpjson_read.forget_cached()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "app"
         shutil.copytree(FIXTURE, root, ignore=shutil.ignore_patterns("*.md", "*.txt"))

@@ -1,4 +1,4 @@
-"""jsonfile: strict reads, PHP-compatible encoding, atomic locked writes, group commit."""
+"""storage/phpjson: strict reads, PHP-compatible encoding, atomic locked writes, group commit."""
 
 from __future__ import annotations
 
@@ -15,23 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.storage import write_ahead
-from provisioner.storage.jsonfile import (
-    NO_CHANGE,
-    GroupCommitter,
-    JsonFileError,
-    JsonFileMissingError,
-    JsonStyle,
-    detect_style,
-    dump_json,
-    encode_php_json,
-    json_equal,
-    locked_update,
-    locked_update_many,
-    read_json,
-    read_json_shared,
-    write_json,
-)
+from provisioner.storage.jsonvalues import json_equal
+from provisioner.storage.phpjson import write_ahead
+from provisioner.storage.phpjson.encode import dump_json, encode_php_json
+from provisioner.storage.phpjson.errors import NO_CHANGE, JsonFileError, JsonFileMissingError
+from provisioner.storage.phpjson.files import locked_update, locked_update_many, write_json
+from provisioner.storage.phpjson.group_commit import GroupCommitter
+from provisioner.storage.phpjson.read import read_json, read_json_shared
+from provisioner.storage.phpjson.style import JsonStyle, detect_style
 
 SHARED_AEIMS = Path(__file__).resolve().parents[2] / "shared/aeims/data"
 needs_shared = pytest.mark.skipif(

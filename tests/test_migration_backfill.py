@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from provisioner.migration.backfill import BackfillInputError, backfill
-from provisioner.storage.aeims_json import AeimsJsonStore
+from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.model import ENTITIES
 from tests.datalayer_support import FIXTURE_AEIMS, closed_port_dsn, copy_root
 

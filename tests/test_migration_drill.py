@@ -32,7 +32,7 @@ import psycopg
 import pytest
 
 from provisioner.devdata.aeims_generator import Dataset, generate
-from provisioner.storage.datalayer import DataLayer
+from provisioner.storage.layer.datalayer import DataLayer
 from tests.migration_drill_support import (
     LayerWorkers,
     Migration,

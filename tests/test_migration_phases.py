@@ -21,9 +21,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from provisioner.storage import pg_records
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.datalayer import DataLayer
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import FIXTURE_AEIMS, SHARED_AEIMS, closed_port_dsn, copy_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 
 from provisioner.migration.shadow import ShadowReads, enable_shadow_reads, shadow_differences
-from provisioner.storage import pg_records as pg
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import StoredRecord
-from provisioner.storage.phase import Phase
+from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import (
     FIXTURE_AEIMS,
     closed_port_dsn,
@@ -30,10 +30,12 @@ def root(tmp_path: Path) -> Path:
 def change_in_pg(dsn: str, key: str) -> None:
     """A row PostgreSQL holds differently from JSON (as a missed write would leave it)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        record = pg.get_record(conn, "customers", key)
+        record = pg_records.get_record(conn, "customers", key)
         assert record is not None
         record.data["billing"] = {**record.data.get("billing", {}), "credits": 999_999}
-        pg.upsert_records(conn, [StoredRecord("customers", key, record.data, record.placement)])
+        pg_records.upsert_records(
+            conn, [StoredRecord("customers", key, record.data, record.placement)]
+        )
 
 
 def test_a_difference_is_confirmed_recorded_and_counted(root: Path, fresh_pg_dsn: str) -> None:

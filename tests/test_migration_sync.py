@@ -20,9 +20,9 @@ import pytest
 
 from provisioner.migration.sync import Syncer, last_outside_write, sync_status
 from provisioner.migration.sync_scan import record_of_span, scan_spans
-from provisioner.storage.aeims_json import CATALOG
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.phase import Phase
+from provisioner.storage.aeims.catalog import CATALOG
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from tests.datalayer_support import (
     FIXTURE_AEIMS,
     SHARED_AEIMS,
@@ -88,7 +88,7 @@ def synced(root: Path, fresh_pg_dsn: str) -> tuple[Path, str]:
 
 
 def test_the_byte_reader_reads_what_the_layers_reader_reads(root: Path) -> None:
-    from provisioner.storage.aeims_json import AeimsJsonStore
+    from provisioner.storage.aeims.store import AeimsJsonStore
 
     store = AeimsJsonStore(root)
     checked = 0

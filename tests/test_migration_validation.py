@@ -11,7 +11,7 @@ import pytest
 
 from provisioner.migration.backfill import backfill
 from provisioner.migration.validation import last_validation, validate
-from provisioner.storage.phase import Phase
+from provisioner.storage.layer.phase import Phase
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in
 from tests.test_migration_backfill import ROOTS, _env, provision
 

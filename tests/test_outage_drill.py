@@ -26,12 +26,13 @@ import pytest
 from psycopg import sql
 
 from provisioner.devstack.stack import DevStack
-from provisioner.storage import pg_records
-from provisioner.storage.breaker import BreakerState
-from provisioner.storage.datalayer import DataLayer
+from provisioner.storage import jsonvalues
+from provisioner.storage.layer.breaker import BreakerState
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import StoredRecord
 from provisioner.storage.passwords import hash_password
-from provisioner.storage.phase import Phase
+from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import FIXTURE_AEIMS, backfill, copy_root, migrate
 
 pytestmark = pytest.mark.slow
@@ -284,7 +285,7 @@ def differences(json_side: dict[str, Any], pg_side: dict[str, Any]) -> list[str]
     problems += [
         f"{k}: JSON {json_side[k]!r} != PostgreSQL {pg_side[k]!r}"
         for k in sorted(json_side.keys() & pg_side.keys())
-        if not pg_records.strictly_equal(json_side[k], pg_side[k])
+        if not jsonvalues.json_equal(json_side[k], pg_side[k])
     ]
     return problems
 

@@ -23,13 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from provisioner.storage import pg_records
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.migrations import apply_migrations
+from provisioner.storage import logins
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.jsonvalues import json_equal
 from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
-from provisioner.storage.pg_records import (
-    ENTITY_MAPS,
-    RecordMappingError,
+from provisioner.storage.pg import columns as pg_columns
+from provisioner.storage.pg import rows as pg_rows
+from provisioner.storage.pg import statements as pg_statements
+from provisioner.storage.pg.columns import RecordMappingError
+from provisioner.storage.pg.maps import ENTITY_MAPS
+from provisioner.storage.pg.records import (
     copy_records,
     count,
     delete_record,
@@ -37,10 +40,10 @@ from provisioner.storage.pg_records import (
     get_record,
     iter_records,
     list_records,
-    strictly_equal,
     upsert_record,
     upsert_records,
 )
+from provisioner.storage.pg.schema_versions import apply_migrations
 from tests.datalayer_support import FIXTURE_AEIMS, SHARED_AEIMS, copy_root
 
 AEIMS_DATA = Path(__file__).resolve().parents[2] / "shared/aeims/data"
@@ -559,8 +562,8 @@ def assert_round_trip(stored: StoredRecord | None, given: StoredRecord) -> None:
     expected = given.without_plaintext()
     assert stored is not None, (given.entity, given.key)
     assert (stored.entity, stored.key) == (expected.entity, expected.key)
-    assert strictly_equal(stored.data, expected.data), (given.entity, given.key, stored.data)
-    assert strictly_equal(stored.placement, expected.placement), (given.entity, given.key)
+    assert json_equal(stored.data, expected.data), (given.entity, given.key, stored.data)
+    assert json_equal(stored.placement, expected.placement), (given.entity, given.key)
 
 
 def assert_all_round_trip(conn: psycopg.Connection, records: list[StoredRecord]) -> None:
@@ -604,8 +607,8 @@ def test_the_mapping_alone_round_trips_every_record() -> None:
     if (AEIMS_DATA / "data").is_dir():
         records += real_records()
     for record in records:
-        image = pg_records.from_record(record)
-        assert_round_trip(pg_records.to_record(record.entity, image.selected()), record)
+        image = pg_rows.from_record(record)
+        assert_round_trip(pg_rows.to_record(record.entity, image.selected()), record)
 
 
 def test_invented_records_round_trip_exactly(conn: psycopg.Connection) -> None:
@@ -721,7 +724,7 @@ def any_record(draw: st.DrawFn) -> StoredRecord:
     data: dict[str, Any] = {}
     for column in mapping.columns:
         if draw(st.booleans()):
-            pg_records._set_path(data, column.path, draw(JSON_VALUES))
+            pg_rows._set_path(data, column.path, draw(JSON_VALUES))
     if mapping.key_field and draw(st.booleans()):
         data[mapping.key_field] = key if draw(st.booleans()) else draw(JSON_VALUES)
     extra = draw(st.dictionaries(st.text(alphabet="abcxyz_", max_size=8), JSON_VALUES, max_size=3))
@@ -1116,27 +1119,38 @@ def test_find_by_login_on_the_real_records(
     assert found is not None and found.key == expected_key
 
 
-def test_login_normalization_is_the_json_sides() -> None:
-    aeims_json = pytest.importorskip("provisioner.storage.aeims_json")
-    samples: list[Any] = [
-        "  Admin@AEIMS.app\t",
-        "ÄRGER",
-        "\u00a0x\u00a0",
-        "İstanbul",
-        "ǅ",
-        "\x0b\x0cVT FF\r\n",
-        "",
-        "   ",
-        0,
-        -7,
-        1.5,
-        True,
-        None,
-        ["admin"],
-    ]
-    for sample in samples:
-        assert pg_records.normalize_login(sample) == aeims_json.normalize_login(sample), sample
-        assert pg_records.normalize_login_id(sample) == aeims_json._normalize_id(sample), sample
+LOGIN_SAMPLES: list[tuple[Any, str | None, str | None]] = [
+    # (value, normalize_login, normalize_login_id): ASCII case and ASCII whitespace only
+    ("  Admin@AEIMS.app\t", "admin@aeims.app", "Admin@AEIMS.app"),
+    ("ÄRGER", "Ärger", "ÄRGER"),
+    ("\u00a0x\u00a0", "\u00a0x\u00a0", "\u00a0x\u00a0"),
+    ("İstanbul", "İstanbul", "İstanbul"),
+    ("ǅ", "ǅ", "ǅ"),
+    ("\x0b\x0cVT FF\r\n", "vt ff", "VT FF"),
+    ("", None, None),
+    ("   ", None, None),
+    (0, "0", "0"),
+    (-7, "-7", "-7"),
+    (1.5, None, None),
+    (True, None, None),
+    (None, None, None),
+    (["admin"], None, None),
+]
+
+
+def test_the_login_rule_is_one_rule_in_python_and_in_sql(conn: psycopg.Connection) -> None:
+    """One copy of the rule (storage/logins.py) serves both stores; its SQL spelling, which the
+    schema's indexes use, gives what the Python one gives."""
+    as_login = sql.SQL("SELECT " + logins.LOGIN_SQL).format(sql.SQL("%s::text"))
+    as_id = sql.SQL("SELECT " + logins.LOGIN_ID_SQL).format(sql.SQL("%s::text"))
+    for sample, login, login_id in LOGIN_SAMPLES:
+        assert logins.normalize_login(sample) == login, sample
+        assert logins.normalize_login_id(sample) == login_id, sample
+        if isinstance(sample, str):
+            row = conn.execute(as_login, (sample,)).fetchone()
+            assert row is not None and (row[0] or None) == login, sample
+            row = conn.execute(as_id, (sample,)).fetchone()
+            assert row is not None and (row[0] or None) == login_id, sample
 
 
 def _logins_to_try(records: list[StoredRecord]) -> list[Any]:
@@ -1161,8 +1175,7 @@ def test_the_json_sides_records_round_trip_and_logins_find_the_same(
 ) -> None:
     """The handover itself: AeimsJsonStore.load of every entity in, the same records out, and
     THE lookup rule giving the same answer on both sides for every login of the real data."""
-    aeims_json = pytest.importorskip("provisioner.storage.aeims_json")
-    store = aeims_json.AeimsJsonStore(AEIMS_DATA)
+    store = AeimsJsonStore(AEIMS_DATA)
     records = [record for entity in ENTITIES for record in store.load(entity)]
 
     upsert_records(conn, records)
@@ -1186,10 +1199,9 @@ def test_invented_records_written_by_the_json_side_round_trip_and_find_the_same(
 ) -> None:
     """Every entity through the whole chain: AeimsJsonStore writes the invented records into a
     fresh AEIMS root, loads them back, and PostgreSQL keeps and finds exactly what it loaded."""
-    aeims_json = pytest.importorskip("provisioner.storage.aeims_json")
     (tmp_path / "data").mkdir()
     (tmp_path / "agents/data").mkdir(parents=True)
-    writer = aeims_json.AeimsJsonStore(tmp_path)
+    writer = AeimsJsonStore(tmp_path)
     for entity in ENTITIES:
         batch = [
             StoredRecord(r.entity, r.key, r.data, {})  # the JSON side chooses where they go
@@ -1197,7 +1209,7 @@ def test_invented_records_written_by_the_json_side_round_trip_and_find_the_same(
             if r.entity == entity and r.key != "cust_inv003"  # it refuses an id unlike the key
         ]
         writer.upsert(entity, batch)
-    reader = aeims_json.AeimsJsonStore(tmp_path)
+    reader = AeimsJsonStore(tmp_path)
     records = [record for entity in ENTITIES for record in reader.load(entity)]
     assert {r.entity for r in records} == set(ENTITIES)
 
@@ -1231,7 +1243,7 @@ def test_find_by_login_prefers_a_username_over_an_email(conn: psycopg.Connection
 def test_the_customer_lookup_is_one_statement_on_the_lower_indexes(
     people: psycopg.Connection,
 ) -> None:
-    query = pg_records._statements("customers").find
+    query = pg_statements._statements("customers").find
     assert query is not None and query.count(b"SELECT") == 2  # two probes, one statement
     with people.transaction():
         people.execute("SET LOCAL enable_seqscan = off")
@@ -1337,8 +1349,8 @@ def assert_same_order(stored: StoredRecord | None, given: StoredRecord) -> None:
     expected = without_plaintext_anywhere(given.data)
     assert stored is not None, (given.entity, given.key)
     assert (stored.entity, stored.key) == (given.entity, given.key)
-    assert strictly_equal(stored.data, expected), (given.entity, given.key, stored.data)
-    assert strictly_equal(stored.placement, given.placement), (given.entity, given.key)
+    assert json_equal(stored.data, expected), (given.entity, given.key, stored.data)
+    assert json_equal(stored.placement, given.placement), (given.entity, given.key)
     assert key_orders(stored.data) == key_orders(expected), (given.entity, given.key)
 
 
@@ -1361,7 +1373,7 @@ def test_records_come_back_with_their_fields_in_order_at_every_depth(
     records = records_of_the_aeims_root(root, tmp_path)
     assert records
     # The files do hold objects whose order jsonb would not keep (customers' nested ones too).
-    assert any(pg_records.from_record(r).order for r in records)
+    assert any(pg_rows.from_record(r).order for r in records)
 
     upsert_records(conn, records)
 
@@ -1406,11 +1418,11 @@ def test_any_record_in_any_field_order_comes_back_in_that_order(conn: psycopg.Co
     @given(record=any_record_in_any_order())
     def check(record: StoredRecord) -> None:
         try:
-            image = pg_records.from_record(record)
+            image = pg_rows.from_record(record)
         except RecordMappingError as refused:
             assert "cannot be stored and given back as a float" in str(refused)
             return
-        assert_same_order(pg_records.to_record(record.entity, image.selected()), record)
+        assert_same_order(pg_rows.to_record(record.entity, image.selected()), record)
         upsert_records(conn, [record])
         assert_same_order(get_record(conn, record.entity, record.key), record)
         assert upsert_records(conn, [record]) == 0
@@ -1433,7 +1445,7 @@ def test_only_objects_jsonb_would_reorder_have_their_order_stored() -> None:
             "content": "hi",
         },
     )
-    assert pg_records.from_record(natural).order is None
+    assert pg_rows.from_record(natural).order is None
 
     shuffled = _rec(
         "messages",
@@ -1444,14 +1456,14 @@ def test_only_objects_jsonb_would_reorder_have_their_order_stored() -> None:
             "meta": {"list": [{"b": 1, "a": 2}], "a.b": {"y": 1, "x": 2}},
         },
     )
-    order = pg_records.from_record(shuffled).order
+    order = pg_rows.from_record(shuffled).order
     assert order == [
         [[], ["message_id", "content", "meta"]],
         [["meta"], ["list", "a.b"]],
         [["meta", "list", 0], ["b", "a"]],
         [["meta", "a.b"], ["y", "x"]],
     ]
-    assert pg_records.from_record(shuffled).stored_extra[pg_records.ORDER_KEY] == order
+    assert pg_rows.from_record(shuffled).stored_extra[pg_columns.ORDER_KEY] == order
 
 
 def test_a_record_given_again_in_another_order_is_rewritten(conn: psycopg.Connection) -> None:
@@ -1475,9 +1487,9 @@ def test_a_record_given_again_in_another_order_is_rewritten(conn: psycopg.Connec
     # Back to an order that needs nothing stored: the stored order goes too.
     assert upsert_record(conn, _rec("customers", "c1", {"customer_id": "c1"})) is True
     row = conn.execute("SELECT extra FROM customers WHERE customer_id = 'c1'").fetchone()
-    assert row is not None and pg_records.ORDER_KEY not in row[0]
+    assert row is not None and pg_columns.ORDER_KEY not in row[0]
 
 
 def test_the_order_key_is_reserved() -> None:
     with pytest.raises(RecordMappingError, match=r"\['__order__'\] are reserved"):
-        pg_records.from_record(_rec("messages", "m1", {"__order__": []}))
+        pg_rows.from_record(_rec("messages", "m1", {"__order__": []}))

@@ -11,15 +11,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from provisioner.storage import migrations
-from provisioner.storage.migrations import (
+from provisioner.storage.pg import schema_versions as migrations
+from provisioner.storage.pg.maps import ENTITY_MAPS
+from provisioner.storage.pg.schema_versions import (
     MigrationChecksumError,
     MigrationError,
     apply_migrations,
     current_version,
     pending_migrations,
 )
-from provisioner.storage.pg_records import ENTITY_MAPS
 
 
 @pytest.fixture
@@ -53,21 +53,30 @@ def _tables(conn: psycopg.Connection) -> set[str]:
 
 def test_migrations_apply_in_order_and_are_recorded(conn: psycopg.Connection) -> None:
     assert current_version(conn) == 0
-    everything = ["0001_core", "0002_views", "0003_migration_state"]
-    assert pending_migrations(conn) == everything
+    assert pending_migrations(conn) == [
+        "0001_core",
+        "0002_views",
+        "0003_migration_state",
+        "0004_drop_dead_tables",
+    ]
 
     applied = apply_migrations(conn)
 
-    assert applied == everything
+    assert applied == ["0001_core", "0002_views", "0003_migration_state", "0004_drop_dead_tables"]
     rows = conn.execute(
         "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
     ).fetchall()
-    assert [(v, n) for v, n, _, _ in rows] == list(enumerate(everything, start=1))
+    assert [(v, n) for v, n, _, _ in rows] == [
+        (1, "0001_core"),
+        (2, "0002_views"),
+        (3, "0003_migration_state"),
+        (4, "0004_drop_dead_tables"),
+    ]
     for version, name, checksum, applied_at in rows:
         on_disk = (migrations.SCHEMA_DIR / f"{name}.sql").read_bytes()
         assert checksum == hashlib.sha256(on_disk).hexdigest(), version
         assert applied_at is not None
-    assert current_version(conn) == 3
+    assert current_version(conn) == 4
 
 
 def test_rerunning_applies_nothing(migrated: psycopg.Connection) -> None:
@@ -215,19 +224,39 @@ def test_a_migration_waiting_on_a_busy_table_gives_up_instead_of_queueing_traffi
 
 # --- the schema ----------------------------------------------------------------------------------
 
-LAYER_TABLES = {"phase_state", "outbox", "legacy_ids"}
+LAYER_TABLES = {"phase_state"}
+DEAD_TABLES = {"outbox", "legacy_ids"}  # created by 0001, dropped by 0004
 MEMBERSHIP_TABLES = {"customer_sites", "operator_sites"}
-MIGRATION_TABLES = {"migration_validations", "migration_row_digests"}
+MIGRATION_TABLES = {"migration_validations", "migration_row_digests"}  # 0003
 
 
-def test_there_are_29_tables_one_per_entity_plus_memberships_the_layers_and_the_migrations(
+def test_there_are_25_tables_one_per_entity_plus_memberships_and_the_layers_own(
     migrated: psycopg.Connection,
 ) -> None:
     entity_tables = {m.table for m in ENTITY_MAPS.values()}
-    expected = entity_tables | MEMBERSHIP_TABLES | LAYER_TABLES | MIGRATION_TABLES
+    expected = entity_tables | MEMBERSHIP_TABLES | LAYER_TABLES
 
-    assert len(expected) == 29
-    assert _tables(migrated) == expected | {"schema_migrations"}
+    assert len(expected) == 25
+    assert _tables(migrated) == expected | MIGRATION_TABLES | {"schema_migrations"}
+
+
+@pytest.fixture
+def before_0004(conn: psycopg.Connection, tmp_path: Path) -> psycopg.Connection:
+    """The schema as it was before 0004 dropped the dead tables."""
+    for path in sorted(migrations.SCHEMA_DIR.glob("*.sql")):
+        if path.name < "0004":
+            shutil.copy(path, tmp_path / path.name)
+    apply_migrations(conn, tmp_path)
+    return conn
+
+
+def test_0004_drops_the_dead_tables_and_nothing_else(before_0004: psycopg.Connection) -> None:
+    before = _tables(before_0004)
+    assert before >= DEAD_TABLES
+
+    assert apply_migrations(before_0004) == ["0004_drop_dead_tables"]
+
+    assert _tables(before_0004) == before - DEAD_TABLES
 
 
 def test_every_mapped_column_exists_with_the_mapped_type(migrated: psycopg.Connection) -> None:
@@ -332,7 +361,8 @@ def test_phase_state_is_one_row_with_a_known_phase(migrated: psycopg.Connection)
         )
 
 
-def test_outbox_accepts_upserts_and_deletes_only(migrated: psycopg.Connection) -> None:
+def test_outbox_accepted_upserts_and_deletes_only(before_0004: psycopg.Connection) -> None:
+    migrated = before_0004
     migrated.execute(
         "INSERT INTO outbox (entity, key, op, payload) VALUES ('customers', 'c1', 'upsert', '{}')"
     )
@@ -352,7 +382,8 @@ def test_outbox_accepts_upserts_and_deletes_only(migrated: psycopg.Connection) -
         )
 
 
-def test_legacy_ids_map_one_legacy_id_to_one_key(migrated: psycopg.Connection) -> None:
+def test_legacy_ids_mapped_one_legacy_id_to_one_key(before_0004: psycopg.Connection) -> None:
+    migrated = before_0004
     migrated.execute(
         "INSERT INTO legacy_ids VALUES ('operators', 'nycdiamond', 'op_68eb76056f6e9')"
     )

@@ -27,14 +27,14 @@ from typing import Any
 
 import pytest
 
-from provisioner.storage import recent_writes, write_ahead
-from provisioner.storage.jsonfile import (
-    JsonFileError,
+from provisioner.storage.phpjson import recent_writes, write_ahead
+from provisioner.storage.phpjson.errors import JsonFileError
+from provisioner.storage.phpjson.files import (
     locked_update,
     locked_update_shared,
-    read_json,
     recheck_recent_writes,
 )
+from provisioner.storage.phpjson.read import read_json
 from tests import php_interop
 
 SECURITY_MANAGER = Path(__file__).parent / "php" / "security_manager.php"

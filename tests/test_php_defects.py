@@ -27,12 +27,14 @@ import pytest
 from psycopg import sql
 
 from provisioner.config import load_settings
-from provisioner.storage import pg_records as pg
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.datalayer import DataLayer, DataUnavailable
-from provisioner.storage.jsonfile import JsonFileError
+from provisioner.storage import jsonvalues
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.datalayer import DataLayer, DataUnavailable
+from provisioner.storage.layer.phase import Phase, phase_file, write_phase
 from provisioner.storage.model import ENTITIES
-from provisioner.storage.phase import Phase, phase_file, write_phase
+from provisioner.storage.pg import maps as pg_maps
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.phpjson.errors import JsonFileError
 from tests.datalayer_support import (
     FIXTURE_AEIMS,
     REPO,
@@ -438,11 +440,11 @@ def test_keys_never_diverge_between_json_and_postgresql(root: Path, dsn: str) ->
     with psycopg.connect(dsn) as conn:
         for entity in ENTITIES:
             in_json = {r.key: r for r in layer.json.load(entity)}
-            in_pg = {r.key: r for r in pg.list_records(conn, entity)}
+            in_pg = {r.key: r for r in pg_records.list_records(conn, entity)}
             assert sorted(in_pg) == sorted(in_json), entity
-            id_field = pg.ENTITY_MAPS[entity].key_field
+            id_field = pg_maps.ENTITY_MAPS[entity].key_field
             for key, record in in_json.items():
-                assert pg.strictly_equal(in_pg[key].data, record.without_plaintext().data), key
+                assert jsonvalues.json_equal(in_pg[key].data, record.without_plaintext().data), key
                 if id_field and id_field in record.data:
                     assert str(record.data[id_field]) == key == str(in_pg[key].data[id_field])
     assert layer.outbox.depth() == 0

@@ -25,7 +25,7 @@ from provisioner.site.operators import OperatorsStep
 from provisioner.site.record import RecordStep
 from provisioner.site.validate import site_spec
 from provisioner.storage import DataLayer
-from provisioner.storage.phase import Phase
+from provisioner.storage.layer.phase import Phase
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in, migrate
 
 DOMAIN = "newflirts.com"

@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from provisioner.site.cert_store import CertStore
-from provisioner.storage.phase import Phase
+from provisioner.storage.layer.phase import Phase
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in, migrate
 from tests.lifecycle_e2e import NAME, a_records, billing, env, json_of, layer_of, site_made
 from tests.site_e2e_support import provision

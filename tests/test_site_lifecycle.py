@@ -33,7 +33,7 @@ from provisioner.site.nginx_control import Nginx
 from provisioner.site.renewal import served_certificate
 from provisioner.site.vhost_removal import VhostRemovalStep
 from provisioner.storage import DataLayer
-from provisioner.storage.phase import Phase
+from provisioner.storage.layer.phase import Phase
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in, migrate, pg_record
 from tests.site_support import site as site_spec_of
 from tests.site_support import stack_env, unique_domain

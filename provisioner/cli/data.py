@@ -11,14 +11,14 @@ import click
 from provisioner.cli.common import EXIT_USAGE, fail, json_option, settings_or_exit
 
 if TYPE_CHECKING:
-    from provisioner.storage.datalayer import DataLayer
+    from provisioner.storage.layer.datalayer import DataLayer
 
 EXIT_DEGRADED = 1
 
 
 def _layer(as_json: bool) -> DataLayer:
     """The data layer on an existing AEIMS root; a missing root is bad input, not an empty one."""
-    from provisioner.storage.datalayer import DataLayer
+    from provisioner.storage.layer.datalayer import DataLayer
 
     settings = settings_or_exit(as_json)
     if settings.data_dir is not None and not settings.data_dir.is_dir():
@@ -54,7 +54,7 @@ def data() -> None:
 def health(as_json: bool) -> None:
     """Phase, database, breaker, outbox, unfinished writes, quarantine; exit 1 when degraded."""
     from provisioner.cli.output import dumps
-    from provisioner.storage.phase import PhaseError
+    from provisioner.storage.layer.phase import PhaseError
 
     layer = _layer(as_json)
     try:
@@ -131,9 +131,9 @@ def reconcile(as_json: bool) -> None:
     itself too once the database is back) and retry quarantined records; exit 1 while a file
     could not be checked or PostgreSQL still refuses records."""
     from provisioner.cli.output import dumps
-    from provisioner.storage.datalayer import DataUnavailable
-    from provisioner.storage.jsonfile import reconcile_recent_writes
-    from provisioner.storage.outbox import OutboxUnreadable
+    from provisioner.storage.layer.datalayer import DataUnavailable
+    from provisioner.storage.layer.outbox import OutboxUnreadable
+    from provisioner.storage.phpjson.files import reconcile_recent_writes
 
     layer = _layer(as_json)
     try:

@@ -50,7 +50,8 @@ from provisioner.devdata.php_text import (
     members_slot,
     write_streamed,
 )
-from provisioner.storage.jsonfile import JsonStyle, dump_json
+from provisioner.storage.phpjson.encode import dump_json
+from provisioner.storage.phpjson.style import JsonStyle
 
 __all__ = [
     "ADMIN_PASSWORD",

@@ -1,9 +1,9 @@
 """JSON spelled the way the AEIMS files spell it, written in chunks so that size costs no memory.
 
 Three spellings occur in the real files (REPORT.md section 1):
-- PHP's `json_encode`: pretty-printed (4 spaces) or compact, slashes escaped or not; the layer's
-  own encoder (`provisioner.storage.jsonfile.dump_json`) writes exactly that, so it is used here
-  for every record, chunk by chunk;
+- PHP's `json_encode`: pretty-printed (4 spaces) or compact, slashes escaped or not; the
+  layer's own encoder (`provisioner.storage.phpjson.encode.dump_json`) writes exactly that, so
+  it is used here for every record, chunk by chunk;
 - hand-written files (sites.json, domains.json, chat_rooms.json): lists of scalars on one line,
   amounts typed with two decimals (`10.00`), raw slashes (`hand_written`);
 - bcrypt hashes in PHP's `$2y$` form, made reproducible by deriving the salt from the seed.
@@ -28,7 +28,8 @@ from typing import IO, Any
 
 import bcrypt
 
-from provisioner.storage.jsonfile import JsonStyle, dump_json
+from provisioner.storage.phpjson.encode import dump_json
+from provisioner.storage.phpjson.style import JsonStyle
 
 __all__ = [
     "Members",

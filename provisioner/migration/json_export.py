@@ -21,8 +21,8 @@ from provisioner.migration.storage_access import (
     StoredRecord,
     entity_turn,
     iter_pg_records,
+    json_equal,
     open_layer,
-    strictly_equal,
 )
 
 
@@ -53,7 +53,7 @@ def _with_plaintext(record: StoredRecord, in_file: StoredRecord | None) -> Store
     password field changed."""
     if in_file is None:
         return record
-    if strictly_equal(in_file.without_plaintext().data, record.data):
+    if json_equal(in_file.without_plaintext().data, record.data):
         return StoredRecord(record.entity, record.key, in_file.data, record.placement)
     kept = {k: v for k, v in in_file.data.items() if k in PLAINTEXT_PASSWORD_FIELDS}
     if not kept:

@@ -79,10 +79,10 @@ def _as_records(result: Any, key: str | None) -> dict[str, dict[str, Any]] | Non
 
 def differing_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The top-level fields whose values differ (types compared too), sorted."""
-    from provisioner.storage.pg_records import strictly_equal
+    from provisioner.storage.jsonvalues import json_equal
 
     names = set(a) | set(b)
-    return sorted(n for n in names if not strictly_equal(a.get(n, _MISSING), b.get(n, _MISSING)))
+    return sorted(n for n in names if not json_equal(a.get(n, _MISSING), b.get(n, _MISSING)))
 
 
 def compare(

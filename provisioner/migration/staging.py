@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from provisioner.migration.storage_bridge import ENTITY_MAPS, ORDER_KEY
+from provisioner.migration.storage_bridge import ENTITY_MAPS, ORDER_KEY, conflict_updates
 
 # Set LOCAL in every transaction that reads rows to compare (timestamps printed the same way).
 SESSION_SETTINGS = (
@@ -71,15 +71,7 @@ def entity_sql(entity: str) -> EntitySql:
     written = mapping.written_columns
     stage_name = f"provision_stage_{mapping.table}"
     stage = sql.Identifier(stage_name)
-    updates = sql.SQL(", ").join(
-        sql.SQL(
-            "placement = CASE WHEN EXCLUDED.placement = '{{}}'::jsonb "
-            "THEN {table}.placement ELSE EXCLUDED.placement END"
-        ).format(table=table)
-        if c == "placement"
-        else sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c))
-        for c in written[1:]
-    )
+    updates = conflict_updates(mapping)
     # One statement moves the batch into place and records the digest of every row it wrote
     # (RETURNING gives the version just written, so no row is looked up again).
     upsert = sql.SQL(

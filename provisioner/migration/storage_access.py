@@ -13,20 +13,13 @@ from typing import Any
 
 import psycopg
 
-from provisioner.storage import pg_records
-from provisioner.storage.aeims_json import NOT_ENTITY_FILES, AeimsJsonStore
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.errors import DataUnavailable
-from provisioner.storage.migrations import (
-    SCHEMA_DIR,
-    MigrationError,
-    apply_migrations,
-    current_version,
-    pending_migrations,
-)
-from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
-from provisioner.storage.outbox import Outbox
-from provisioner.storage.phase import (
+from provisioner.storage import jsonvalues
+from provisioner.storage.aeims.catalog import NOT_ENTITY_FILES
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.errors import DataUnavailable
+from provisioner.storage.layer.outbox import Outbox
+from provisioner.storage.layer.phase import (
     EffectivePhase,
     Phase,
     PhaseError,
@@ -35,7 +28,17 @@ from provisioner.storage.phase import (
     read_phase,
     write_phase,
 )
-from provisioner.storage.quarantine import Quarantine
+from provisioner.storage.layer.quarantine import Quarantine
+from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
+from provisioner.storage.pg import maps as pg_maps
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.pg.schema_versions import (
+    SCHEMA_DIR,
+    MigrationError,
+    apply_migrations,
+    current_version,
+    pending_migrations,
+)
 
 __all__ = [
     "ENTITIES",
@@ -62,27 +65,27 @@ __all__ = [
     "entity_tables",
     "entity_turn",
     "iter_pg_records",
+    "json_equal",
     "pending_migrations",
     "phase_file",
     "read_phase",
     "state_dir",
-    "strictly_equal",
     "write_phase",
 ]
 
 copy_records = pg_records.copy_records
-strictly_equal = pg_records.strictly_equal
+json_equal = jsonvalues.json_equal
 iter_pg_records = pg_records.iter_records
 count_records = pg_records.count
 
 
 def entity_table(entity: str) -> str:
     """The PostgreSQL table holding `entity`'s records."""
-    return pg_records.entity_map(entity).table
+    return pg_maps.entity_map(entity).table
 
 
 def entity_key_column(entity: str) -> str:
-    return pg_records.entity_map(entity).key_column
+    return pg_maps.entity_map(entity).key_column
 
 
 def entity_tables() -> list[str]:
@@ -124,7 +127,7 @@ def pg_keys(conn: psycopg.Connection[Any], entity: str) -> Iterator[str]:
     """Every key PostgreSQL holds for `entity` (streamed)."""
     from psycopg import sql
 
-    mapping = pg_records.entity_map(entity)
+    mapping = pg_maps.entity_map(entity)
     query = sql.SQL("SELECT {key} FROM {table}").format(
         key=sql.Identifier(mapping.key_column), table=sql.Identifier(mapping.table)
     )

@@ -1,8 +1,8 @@
 """Everything the backfill and the validation take from `provisioner.storage`, in one place.
 
-The storage package is being reshaped (pg_records.py splits into storage/pg/*); when its paths
-move, this import block is the one to change. Two helpers reach past the public API, each with
-a public fallback, so a rename costs speed, never correctness:
+When the storage package's paths move, this import block is the one to change. Two helpers
+reach past the public API, each with a public fallback, so a rename costs speed, never
+correctness:
 - `json_records`: the store's records without the private copy `load()` makes of each (the
   backfill and the validation only read them, and from_record copies what it keeps);
 - `record_hash`: the layer's content hash of a record without the full row conversion.
@@ -13,21 +13,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from provisioner.storage import pg_records
-from provisioner.storage.aeims_json import CATALOG, NOT_ENTITY_FILES, AeimsJsonStore
-from provisioner.storage.jsonfile import JsonFileError, forget_cached
-from provisioner.storage.migrations import MigrationError, apply_migrations, pending_migrations
+from provisioner.storage.aeims.catalog import CATALOG, NOT_ENTITY_FILES
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.jsonvalues import json_equal
 from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
-from provisioner.storage.pg_records import (
-    ENTITY_MAPS,
-    ORDER_KEY,
-    EntityMap,
-    RecordMappingError,
-    RowImage,
-    from_record,
-    strictly_equal,
-    to_record,
+from provisioner.storage.pg import rows as pg_rows
+from provisioner.storage.pg.columns import ORDER_KEY, RecordMappingError
+from provisioner.storage.pg.maps import ENTITY_MAPS, EntityMap
+from provisioner.storage.pg.rows import RowImage, from_record, to_record
+from provisioner.storage.pg.schema_versions import (
+    MigrationError,
+    apply_migrations,
+    pending_migrations,
 )
+from provisioner.storage.pg.statements import conflict_updates
+from provisioner.storage.phpjson.errors import JsonFileError
+from provisioner.storage.phpjson.read import forget_cached
 from provisioner.storage.timestamps import parse_timestamp
 
 __all__ = [
@@ -45,14 +46,15 @@ __all__ = [
     "RowImage",
     "StoredRecord",
     "apply_migrations",
+    "conflict_updates",
     "data_files",
     "forget_entity_files",
     "from_record",
+    "json_equal",
     "json_records",
     "parse_timestamp",
     "pending_migrations",
     "record_hash",
-    "strictly_equal",
     "to_record",
 ]
 
@@ -85,7 +87,7 @@ def forget_entity_files(store: AeimsJsonStore, entity: str) -> None:
         indexes.pop(entity, None)
 
 
-_content_hash: Any = getattr(pg_records, "_content_hash", None)
+_content_hash: Any = getattr(pg_rows, "_content_hash", None)
 
 
 def record_hash(record: StoredRecord) -> str:

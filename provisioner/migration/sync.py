@@ -22,7 +22,7 @@ changed file:
    is still writing (an intent), has in its outbox or quarantine is left to the layer's
    replay (`deferred`, looked at again a second later); anything else changed outside the
    layer: it is logged (file, entity, key, time; `sync_state.record_outside_writes`), then
-   upserted or deleted with the layer's own record-to-row mapping (pg_records), all in one
+   upserted or deleted with the layer's own record-to-row mapping (storage/pg), all in one
    transaction. Upserts carry a content hash, so running a pass twice changes nothing.
 
 In `json_only` nothing is synced (the backfill loads everything); in `pg_only` changed files are
@@ -88,12 +88,16 @@ from provisioner.migration.sync_state import (
     sync_status,
     write_status,
 )
-from provisioner.storage import pg_records, write_ahead
-from provisioner.storage.aeims_json import CATALOG, FileSpec
-from provisioner.storage.datalayer import DataLayer
-from provisioner.storage.jsonfile import JsonFileError
+from provisioner.storage.aeims.catalog import CATALOG, FileSpec
+from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import ENTITIES, StoredRecord
-from provisioner.storage.phase import Phase
+from provisioner.storage.pg import columns as pg_columns
+from provisioner.storage.pg import maps as pg_maps
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.pg import rows as pg_rows
+from provisioner.storage.phpjson import write_ahead
+from provisioner.storage.phpjson.errors import JsonFileError
 
 if TYPE_CHECKING:
     from provisioner.config import Settings
@@ -498,7 +502,7 @@ class Syncer:
 
     def _rows(self, entity: str, keys: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """content_hash and placement of the rows of `keys` that exist."""
-        mapping = pg_records.entity_map(entity)
+        mapping = pg_maps.entity_map(entity)
         query = sql.SQL("SELECT {k}, content_hash, placement FROM {t} WHERE {k} = ANY(%s)").format(
             k=sql.Identifier(mapping.key_column), t=sql.Identifier(mapping.table)
         )
@@ -510,7 +514,7 @@ class Syncer:
         return rows
 
     def _all_keys(self, entity: str) -> set[str]:
-        mapping = pg_records.entity_map(entity)
+        mapping = pg_maps.entity_map(entity)
         query = sql.SQL("SELECT {k} FROM {t}").format(
             k=sql.Identifier(mapping.key_column), t=sql.Identifier(mapping.table)
         )
@@ -550,8 +554,8 @@ class Syncer:
         to_write: dict[str, tuple[str, StoredRecord]] = {}
         for track, record in records.items():
             try:
-                image = pg_records.from_record(record)
-            except pg_records.RecordMappingError as exc:
+                image = pg_rows.from_record(record)
+            except pg_columns.RecordMappingError as exc:
                 report.refused.append({"entity": entity, "key": record.key, "reason": str(exc)})
                 continue
             row = rows.get(record.key)
@@ -620,7 +624,7 @@ def _same_data_elsewhere(record: StoredRecord, placement: dict[str, Any]) -> str
     """The content hash `record` would have with the row's placement: equal to the row's when
     only where it sits differs (its position moves when an earlier record is deleted)."""
     moved = StoredRecord(record.entity, record.key, record.data, placement)
-    return pg_records.from_record(moved).content_hash
+    return pg_rows.from_record(moved).content_hash
 
 
 def _file_of(snap: Snapshot, track: str) -> str:

@@ -5,7 +5,7 @@ writes it) is read by its bytes: one regex pass finds where each member of the w
 (a line indented exactly twice the file's indent, inside the wrapper; JSON strings hold no raw
 newline, so nothing else looks like one), each member's bytes are hashed where they sit, and
 only the members whose hash changed are parsed. Keys and placements are those the layer's
-reader gives (aeims_json: the id field, else the member key; the wrapper, the member key and
+reader gives (aeims/shapes.py: the id field, else the member key; the wrapper, the member key and
 its position), which tests/test_migration_sync.py checks on the real files. Anything else
 (compact files, lists, both operator files, a file with duplicate keys or whose rewrite a crash
 cut short) is read through the layer's reader and its parsed records are hashed.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.fsutil import lock_current_inode
-from provisioner.storage.aeims_json import FileSpec, Layout
+from provisioner.storage.aeims.catalog import FileSpec, Layout
 from provisioner.storage.model import StoredRecord
 
 _WHITESPACE = " \t\n\r\x0b\x0c"

@@ -21,8 +21,8 @@ from typing import Any
 
 from provisioner.migration.storage_bridge import (
     PLAINTEXT_PASSWORD_FIELDS,
+    json_equal,
     parse_timestamp,
-    strictly_equal,
 )
 
 ABSENT = "(absent)"
@@ -129,7 +129,7 @@ def field_differences(json_data: Any, pg_data: Any, path: str = "") -> list[tupl
             else:
                 out.extend(field_differences(a, b, child))
         return out
-    if strictly_equal(json_data, pg_data) or same_instant(json_data, pg_data):
+    if json_equal(json_data, pg_data) or same_instant(json_data, pg_data):
         return []
     return [(path or RECORD_FIELD, json_data, pg_data)]
 

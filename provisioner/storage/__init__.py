@@ -10,7 +10,7 @@ __all__ = ["DataLayer", "DataUnavailable"]
 def __getattr__(name: str) -> Any:
     """Import the layer (and psycopg with it) only when it is asked for."""
     if name in __all__:
-        from provisioner.storage import datalayer
+        from provisioner.storage.layer import datalayer
 
         return getattr(datalayer, name)
     raise AttributeError(name)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import provisioner.secret_names  # noqa: F401 - registers the secret field names
-from provisioner.engine.redact import redact
+from provisioner.redact import redact
 
 logger = logging.getLogger("provisioner.storage")
 

@@ -51,7 +51,7 @@ class StoredRecord:
     entity: str
     key: str
     data: dict[str, Any]
-    # Where and how the record sits in its file(s); opaque outside storage/jsonfiles.
+    # Where and how the record sits in its file(s); opaque outside storage/aeims.
     # Examples: {"file_key": "0"} for an object keyed "0"; {"list_index": 2} for a list;
     # operators: {"data_key": "0", "agents_key": "0", "agents_absent": ["username"]}.
     placement: dict[str, Any] = field(default_factory=dict)

@@ -23,7 +23,7 @@ _PHP_INT_MAX = 2**63 - 1
 # json_decode's default depth is 512 for the whole file; records sit two levels down (the file's
 # object, then the wrapper such as {"customers": ...}), so a record may nest this deep.
 MAX_RECORD_DEPTH = 500
-# Field names pg_records keeps for itself in a row's `extra`.
+# Field names pg/rows.py keeps for itself in a row's `extra`.
 _RESERVED_TOP_LEVEL = frozenset({"__orig__", "__absent__", "__order__"})
 
 

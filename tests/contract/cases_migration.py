@@ -27,9 +27,9 @@ from provisioner.migration.schema_step import SchemaStep
 from provisioner.migration.stage_step import Options, StageStep
 from provisioner.migration.stages import ORDER, Stage, read_marker
 from provisioner.migration.validation_gate_step import ValidationGateStep
-from provisioner.storage.aeims_json import AeimsJsonStore
-from provisioner.storage.outbox import Outbox
-from provisioner.storage.phase import read_phase
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.outbox import Outbox
+from provisioner.storage.layer.phase import read_phase
 from tests.contract.harness import StepCase, World, tree
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root
 
@@ -156,7 +156,7 @@ def customer_changed_in_pg_only(world: MigrationWorld) -> None:
     """A write made in pg_only: it exists only in PostgreSQL until leaving pg_only."""
     import psycopg
 
-    from provisioner.storage import pg_records
+    from provisioner.storage.pg import records as pg_records
 
     with psycopg.connect(world.dsn or "", autocommit=True) as conn:
         record = pg_records.list_records(conn, "customers")[0]
@@ -192,7 +192,7 @@ def reconcile_snapshot(world: World) -> Any:
     depth = Outbox(mw.data_dir / ".provision").depth()
     import psycopg
 
-    from provisioner.storage import pg_records
+    from provisioner.storage.pg import records as pg_records
 
     with psycopg.connect(world.dsn or "", autocommit=True) as conn:
         records = pg_records.list_records(conn, "customers")

@@ -1,21 +1,10 @@
 """Write-ahead intents of the dual-write phases: which records a write is about to change.
 
-A dual write changes JSON, then PostgreSQL. A process killed between the two (or a PostgreSQL
-half that fails in a way nobody catches) must not leave the stores apart unnoticed, so before
-the JSON write the (entity, key, op) of each record goes, durably, to
-`<data_dir>/.provision/intents/<entity>.jsonl`; once PostgreSQL has the records they are
-cleared again. One sync per batch: a group commit writes its whole batch's intents at once.
-
-The file is JSON lines up to the first NUL byte, in a file of a fixed, preallocated size: a
-batch writes its lines and a NUL in place and syncs the data only (the size does not change,
-so no metadata has to reach the disk), and clearing is one NUL byte written where the batch
-began. Clearing is not synced: after a crash the lines may come back, and replaying a record
-PostgreSQL already holds changes nothing.
-
-Only the holder of the entity's write lock (DataLayer._ordered) writes the file, so what it
-finds there when it takes the lock was left by a writer that died or could not reach the
-outbox: those leftovers are moved to the outbox, whose replay makes PostgreSQL hold JSON's
-current state for them.
+Before the JSON write the (entity, key, op) of each record goes, durably (one sync per batch),
+to `<data_dir>/.provision/intents/<entity>.jsonl`, cleared once PostgreSQL has the records, so
+a process killed between the two writes cannot leave the stores apart unnoticed. Only the
+holder of the entity's write lock writes the file; leftovers found under the lock go to the
+outbox. The file format is in docs/data-layer.md, "Intents".
 """
 
 from __future__ import annotations
@@ -29,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from provisioner.fsutil import fsync_dir, private_dir
-from provisioner.storage.outbox import OutboxEntry, parse_lines
+from provisioner.storage.layer.outbox import OutboxEntry, parse_lines
 
 # Room for a batch of about 600 intents without growing the file.
 _PREALLOCATED = 64 * 1024

@@ -1,6 +1,6 @@
 """Filtered reads on the PostgreSQL side that the record API does not cover.
 
-Each returns records through `pg_records.to_record`, so what a filter finds is exactly what
+Each returns records through `rows.to_record`, so what a filter finds is exactly what
 `get_record` would give for the same key.
 """
 
@@ -12,15 +12,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from provisioner.storage.logins import normalize_login, normalize_login_id
 from provisioner.storage.model import StoredRecord
-from provisioner.storage.pg_records import (
-    LOGIN_ID_SQL,
-    LOGIN_SQL,
-    entity_map,
-    normalize_login,
-    normalize_login_id,
-    to_record,
-)
+from provisioner.storage.pg.maps import entity_map
+from provisioner.storage.pg.rows import to_record
+from provisioner.storage.pg.statements import login_probes
 
 
 @functools.cache
@@ -65,23 +61,6 @@ def search_logins(conn: psycopg.Connection[Any], entity: str, text: str) -> list
     return [to_record(entity, row) for row in rows]
 
 
-def _probes(entity: str) -> list[tuple[str, sql.Composable, sql.Composable]]:
-    """(column, compared expression, parameter) of each login probe of `entity`: the
-    expressions of the schema's login indexes, as find_by_login uses them."""
-    mapping = entity_map(entity)
-    if not mapping.login_columns:
-        raise ValueError(f"{entity} has no logins")
-    probes = [
-        (c, sql.SQL(LOGIN_SQL).format(sql.Identifier(c)), sql.Placeholder("login"))
-        for c in mapping.login_columns
-    ]
-    if mapping.login_id_column:
-        column = mapping.login_id_column
-        expr = sql.SQL(LOGIN_ID_SQL).format(sql.Identifier(column))
-        probes.insert(0, (column, expr, sql.Placeholder("login_id")))
-    return probes
-
-
 def _candidate_rows(entity: str) -> sql.Composed:
     """`entity`'s rows a login could name, two at most per probe (two are enough to see that a
     login is ambiguous)."""
@@ -98,7 +77,7 @@ def _candidate_rows(entity: str) -> sql.Composed:
             param=param,
             pk=sql.Identifier(mapping.key_column),
         )
-        for _, expr, param in _probes(entity)
+        for _, expr, param in login_probes(entity)
     )
 
 
@@ -109,7 +88,8 @@ def _any_candidate(entity: str) -> sql.Composed:
     return (
         sql.SQL("(")
         + sql.SQL(" OR ").join(
-            probe.format(table=table, expr=expr, param=param) for _, expr, param in _probes(entity)
+            probe.format(table=table, expr=expr, param=param)
+            for _, expr, param in login_probes(entity)
         )
         + sql.SQL(")")
     )

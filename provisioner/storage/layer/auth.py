@@ -1,24 +1,10 @@
 """Logins: which account a login names (the PHP application's rule), and the lockout.
 
-The rule, the same whichever store is read (docs/data-layer.md, "Logins"):
-- the login is trimmed of ASCII whitespace, as the PHP login pages `trim()` their input;
-- a customer or operator username matches only exactly, type included (PHP compares with
-  `===`): `NYCUSER` is not `nycuser`, and an int username (operators 0, 1, 2) is the int 0, not
-  the text "0" a login form sends;
-- an admin account (accounts.json) matches its login key exactly (PHP: `$accounts[$login]`);
-- an operator also matches its `id` exactly;
-- an email matches ignoring ASCII case (PHP compares emails exactly; email providers do not);
-- a login that could name two records is refused, never guessed: candidates are first looked up
-  case-insensitively in customers, operators and admin accounts together (the stores' login
-  indexes), and two records there (two accounts differing only by case, a username equal to
-  another's email, the same login in two files) make it `login_ambiguous`.
-
-The lockout (5 failures within 15 minutes lock a login for 15 minutes; a success clears the
-count) holds under parallel guessing: all attempts at one login take turns (a lock striped by
-login, in the data folder: every process of the host), and the count is read, the password
-checked and the count written inside that turn. In pg_only, where the JSON files are no longer
-written, a PostgreSQL advisory lock per login does the same across hosts, on the connection
-that reads and writes the count.
+The login is trimmed; usernames and admin logins match exactly, type included (PHP's `===`);
+an operator also matches its id; emails match ignoring ASCII case; a login that could name two
+records is refused (`login_ambiguous`), never guessed. Five failures within 15 minutes lock a
+login for 15 minutes, and hold under parallel guessing: attempts at one login take turns (a
+striped file lock; an advisory lock in pg_only). docs/data-layer.md, "Logins".
 """
 
 from __future__ import annotations
@@ -32,18 +18,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from provisioner.fsutil import file_lock
-from provisioner.storage import pg_queries
-from provisioner.storage import pg_records as pg
 from provisioner.storage.events import emit
-from provisioner.storage.jsonfile import JsonFileError
+from provisioner.storage.logins import normalize_login, normalize_login_id
 from provisioner.storage.model import StoredRecord
 from provisioner.storage.passwords import verify_password
-from provisioner.storage.pg_records import normalize_login, normalize_login_id
+from provisioner.storage.pg import queries as pg_queries
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.phpjson.errors import JsonFileError
 
 if TYPE_CHECKING:
     import psycopg
 
-    from provisioner.storage.datalayer import DataLayer
+    from provisioner.storage.layer.datalayer import DataLayer
 
 # Failed logins: this many within the window lock the login for the window.
 MAX_FAILED_LOGINS = 5
@@ -227,13 +213,13 @@ def _pg_turn(conn: psycopg.Connection[Any], key: str) -> Iterator[_Attempt]:
     stripe = int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:4])
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_ADVISORY_CLASS, stripe - 2**31))
-        found = pg.get_record(conn, "account_locks", key)
+        found = pg_records.get_record(conn, "account_locks", key)
         attempt = _Attempt(key, None if found is None else found.data)
         yield attempt
         if attempt.change is not None:
-            pg.upsert_records(conn, [StoredRecord("account_locks", key, attempt.change)])
+            pg_records.upsert_records(conn, [StoredRecord("account_locks", key, attempt.change)])
         elif attempt.delete:
-            pg.delete_record(conn, "account_locks", key)
+            pg_records.delete_record(conn, "account_locks", key)
 
 
 def authenticate(layer: DataLayer, login: str | int, password: str) -> AuthResult:

@@ -1,26 +1,11 @@
 """Rewriting a data file in place, the way the PHP application does, with a durable copy first.
 
-Why in place: PHP's `SecurityManager::safeFileWrite` opens the file (`fopen c+`), waits for
-`flock(LOCK_EX)`, then truncates and writes whatever inode it opened, never checking that it is
-still the file at the path. A writer that renames a new file into place while PHP waits makes
-PHP write into an unlinked inode and return true: PHP's acknowledged write is lost (issue 7).
-So this layer writes the same inode, under `LOCK_EX` on it, as PHP does, and a symlinked data
-file is written through (it stays a symlink); owner and mode are the file's own.
-
-Why a copy first: a rename never leaves a torn file; a rewrite in place does if the process dies
-in the middle. So the new content is first written, with the target's path, inode, length and
-checksum, to `<state>/wal/<path of the file under the state's folder>` and fdatasync'ed; then
-the file is overwritten and fdatasync'ed; then the copy is marked cleared (no sync needed:
-see `repair`). The ledger of recent writes is synced on another thread while the copy is,
-so a write costs two rounds of syncs, as a rename did (the file's, then the folder's). The copy also
-holds the old content from where it starts to differ, so that a rewrite cut short (each sector
-the new content's or the old's) is told from a document PHP wrote since. Neither file is
-truncated to 0 and grown again: overwriting blocks a file already has costs an fdatasync no
-journal commit.
-
-`<state>` is the `.provision` folder of the data folder: the nearest of the file's folder and
-its two parents that has one (`<data_dir>/.provision` for `data/*.json` and for
-`agents/data/operators.json` once the data layer has made it), else one is made beside the file.
+In place: PHP writes whatever inode it opened and locked, so a rename while PHP waits would
+lose PHP's write; this layer writes the same inode under `LOCK_EX`, as PHP does. A copy first:
+a rewrite in place torn by a crash is repaired from `<state>/wal/...`, written and synced
+before the file (with the old content from where it differs, to tell a torn rewrite from a
+later PHP write). `<state>` is the data folder's `.provision`. docs/data-layer.md, "The durable
+copy", has the details.
 """
 
 from __future__ import annotations

@@ -1,33 +1,12 @@
 """The ledger of this layer's recent acknowledged writes, and the re-application of those that
 the PHP application's stale read-modify-write reverted.
 
-Why: PHP reads a data file under `LOCK_SH` (`safeJSONRead`), releases it, builds the new
-document and writes it under a separate `LOCK_EX`: whatever was written in between is
-overwritten with what PHP had read. No lock of ours can prevent that, so every write of this
-layer is recorded, record by record, fsync'ed before it is acknowledged, and every later look
-at the file under its lock checks that the record is still there.
-
-Records: a member of the file's top-level object holding an object or a list (`accounts`'
-logins, `_CREDENTIALS_DOCUMENTATION`); or, when that member is a wrapper (it holds only
-objects or lists: `customers`, `messages`, PHP's `[]`), each member of the wrapper; or an
-element of a list of records (chat rooms, activities), matched by content. Top-level scalars
-(`last_updated`) are not records.
-
-The rule, for each record written: the ledger keeps its new content (or its deletion) and the
-contents it had before this layer's writes replaced them. Looking at the file later:
-- the new content is there: intact (the entry goes once it is seen intact `REVERT_WINDOW`
-  after the write: a PHP writer that read before the write has written by then);
-- a content it had before is back (or the record is gone again when the write created it):
-  reverted, so it is written again (`write_reapplied` event, and counted for `data health`);
-- anything else: a later write changed the record into something new, which is legitimate:
-  the entry goes.
-
-The ledger is `<state>/ledger/<file>.jsonl` (see write_ahead): JSON lines of entries, of the
-entries dropped since, and of the size and CRC of the content the layer last wrote or found
-intact (another process of this layer that finds exactly that content skips the check). All
-of it is read and written under the data file's `LOCK_EX`; it is compacted when mostly dropped.
-It is grown with zeros ahead of need and written at an offset, so that its sync overwrites
-blocks it has (no journal commit); what it holds ends at the first NUL.
+PHP reads a data file under `LOCK_SH`, releases it and writes under a separate `LOCK_EX`,
+overwriting whatever was written in between. So every write of this layer is recorded, record
+by record, durably before it is acknowledged, and every later look at the file under its lock
+checks each record: its new content there is intact, a content it had before is back means
+reverted (written again, `write_reapplied`), anything else is a later legitimate change. What
+a record is and the ledger's format are in docs/data-layer.md, "Recent writes".
 """
 
 from __future__ import annotations
@@ -57,7 +36,7 @@ from provisioner.fsutil import (
     pwrite_all,
     write_atomically,
 )
-from provisioner.storage import write_ahead
+from provisioner.storage.phpjson import write_ahead
 
 __all__ = [
     "GONE",

@@ -15,13 +15,13 @@ import psycopg
 
 from provisioner.config import redact_dsn
 from provisioner.fsutil import LockBusy
-from provisioner.storage import recent_writes
-from provisioner.storage.breaker import BreakerState
-from provisioner.storage.jsonfile import JsonFileError
+from provisioner.storage.layer.breaker import BreakerState
 from provisioner.storage.model import ENTITIES
+from provisioner.storage.phpjson import recent_writes
+from provisioner.storage.phpjson.errors import JsonFileError
 
 if TYPE_CHECKING:
-    from provisioner.storage.datalayer import DataLayer
+    from provisioner.storage.layer.datalayer import DataLayer
 
 
 def _age_seconds(at: str | None) -> float | None:

@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from provisioner.storage.errors import DataUnavailable, PgDown
 from provisioner.storage.events import emit
-from provisioner.storage.jsonfile import JsonFileError
+from provisioner.storage.layer.errors import DataUnavailable, PgDown
+from provisioner.storage.layer.outbox import OutboxEntry, OutboxUnreadable
+from provisioner.storage.layer.quarantine import QuarantinedRecord, describe_error, now_iso
+from provisioner.storage.layer.writes import pg_apply
 from provisioner.storage.model import StoredRecord
-from provisioner.storage.outbox import OutboxEntry, OutboxUnreadable
-from provisioner.storage.quarantine import QuarantinedRecord, describe_error, now_iso
-from provisioner.storage.writes import pg_apply
+from provisioner.storage.phpjson.errors import JsonFileError
 
 if TYPE_CHECKING:
     import psycopg

@@ -15,35 +15,26 @@ drain moves them to the outbox.
 
 from __future__ import annotations
 
+import functools
 import logging
-import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from provisioner.fsutil import LockBusy
-from provisioner.storage import pg_records as pg
-from provisioner.storage.errors import DataUnavailable, PgDown
 from provisioner.storage.events import emit
-from provisioner.storage.intents import Intent
+from provisioner.storage.layer.errors import DataUnavailable, PgDown
+from provisioner.storage.layer.intents import Intent
+from provisioner.storage.layer.outbox import OutboxEntry
+from provisioner.storage.layer.phase import Phase
+from provisioner.storage.layer.quarantine import describe_error
 from provisioner.storage.model import StoredRecord
-from provisioner.storage.outbox import OutboxEntry
-from provisioner.storage.phase import Phase
-from provisioner.storage.quarantine import describe_error
+from provisioner.storage.pg import records as pg_records
+from provisioner.storage.phpjson.files import BatchOutcome
+from provisioner.storage.phpjson.group_commit import GroupCommit
 from provisioner.storage.values import check_records
 
 if TYPE_CHECKING:
     import psycopg
-
-
-class _Ticket:
-    """One caller's record waiting in a group commit."""
-
-    __slots__ = ("done", "error", "record")
-
-    def __init__(self, record: StoredRecord) -> None:
-        self.record = record
-        self.done = threading.Event()
-        self.error: BaseException | None = None
 
 
 def pg_apply(
@@ -53,13 +44,13 @@ def pg_apply(
 ) -> None:
     """Upsert `records` and delete the `(entity, key)` pairs in `deleted`, atomically."""
     if not deleted and len({r.entity for r in records}) <= 1:
-        pg.upsert_records(conn, records)  # one atomic statement for one entity
+        pg_records.upsert_records(conn, records)  # one atomic statement for one entity
         return
     with conn.transaction():
         if records:
-            pg.upsert_records(conn, records)
+            pg_records.upsert_records(conn, records)
         for entity, key in deleted or ():
-            pg.delete_record(conn, entity, key)
+            pg_records.delete_record(conn, entity, key)
 
 
 class WritePath:
@@ -71,9 +62,8 @@ class WritePath:
     intents: Any
     quarantine: Any
     _local: threading.local
-    _batches: dict[str, list[_Ticket]]
-    _batch_leaders: set[str]
-    _batch_lock: threading.Lock
+    _group_commits: dict[str, GroupCommit[StoredRecord]]
+    _group_commits_lock: threading.Lock
     _leftovers_checked: bool
     # And phase(), _pg(), _ordered(entity, timeout); Replays provides _maybe_drain().
 
@@ -224,44 +214,37 @@ class WritePath:
         """Write one checked record, sharing the file rewrite, the intents' fsync and the round
         trip with concurrent writers.
 
-        Group commit: the first writer of an entity becomes the leader and writes whatever has
-        queued meanwhile in one batch; the others wait for their batch to be durable. Each
-        call still returns only once its record is written (or in the outbox).
+        Group commit (phpjson/group_commit.py), one per entity: the first writer becomes the
+        leader and writes whatever has queued meanwhile in one batch; the others wait for their
+        batch to be durable. Each call still returns only once its record is written (or in
+        the outbox).
         """
-        ticket = _Ticket(record)
         entity = record.entity
-        with self._batch_lock:
-            self._batches.setdefault(entity, []).append(ticket)
-            leading = entity not in self._batch_leaders
-            if leading:
-                self._batch_leaders.add(entity)
-        if leading:
-            self._lead_batches(entity)
-        ticket.done.wait()
-        if ticket.error is not None:
-            raise ticket.error
+        group = self._group_commits.get(entity)
+        if group is None:
+            with self._group_commits_lock:
+                group = self._group_commits.setdefault(
+                    entity, GroupCommit(functools.partial(self._write_batch, entity))
+                )
+        group.submit(record)
 
-    def _lead_batches(self, entity: str) -> None:
-        while True:
-            with self._batch_lock:
-                batch = self._batches.pop(entity, [])
-                if not batch:
-                    self._batch_leaders.discard(entity)
-                    return
-            latest: dict[str, StoredRecord] = {}
-            for ticket in batch:  # a key saved twice in one batch: the later state wins
-                latest.pop(ticket.record.key, None)
-                latest[ticket.record.key] = ticket.record
-            try:
-                self._write_checked(entity, list(latest.values()), [])
-            except BaseException:
-                if len(batch) == 1:
-                    batch[0].error = sys.exc_info()[1]
-                else:  # find whose record failed: write them one by one
-                    for ticket in batch:
-                        try:
-                            self._write_checked(entity, [ticket.record], [])
-                        except BaseException as exc:
-                            ticket.error = exc
-            for ticket in batch:
-                ticket.done.set()
+    def _write_batch(self, entity: str, batch: list[StoredRecord]) -> list[BatchOutcome]:
+        latest: dict[str, StoredRecord] = {}
+        for record in batch:  # a key saved twice in one batch: the later state wins
+            latest.pop(record.key, None)
+            latest[record.key] = record
+        try:
+            self._write_checked(entity, list(latest.values()), [])
+        except BaseException as exc:
+            if len(batch) == 1:
+                return [BatchOutcome(error=exc)]
+            outcomes = []  # find whose record failed: write them one by one
+            for record in batch:
+                try:
+                    self._write_checked(entity, [record], [])
+                except BaseException as one:
+                    outcomes.append(BatchOutcome(error=one))
+                else:
+                    outcomes.append(BatchOutcome())
+            return outcomes
+        return [BatchOutcome() for _ in batch]
