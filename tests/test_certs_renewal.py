@@ -206,6 +206,25 @@ def test_renewal_drill(private_certs: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(errors.ConflictError):
         acme.new_order(session.acme, csr, None, ari_cert_id(old.cert))
 
+    # The replaced certificate put back live (a restore from an old backup): pebble answers
+    # the renewal's `replaces` with 409, and the order goes again without it.
+    first = min(store.generations())
+    store.write(
+        (store.archive / f"privkey{first}.pem").read_bytes(),
+        (store.archive / f"fullchain{first}.pem").read_text(),
+    )
+    serve_stored(settings, domain, f"{old.serial:x}")
+    rc, again = certs(renew_env, "renew", "--site", domain, "--force")
+    assert rc == 0 and again["sites"][0]["outcome"] == "renewed", again
+    rc, after = certs(renew_env, "status", "--site", domain)
+    assert rc == 0, after["problems"]
+    attempt = after["sites"][0]["last_attempt"]
+    assert attempt["replaces_outcome"].startswith("refused: 409"), attempt
+    assert "replaces" not in order_of(settings, attempt["order"])
+    new = store.current()
+    assert new is not None and new.serial != old.serial
+    assert served_certificate(settings, domain).serial == f"{new.serial:x}"
+
     # A renewal that fails validation (the names resolve where nginx does not listen; the
     # self-probe through 127.0.0.1 still passes): the old certificate stays, and is served.
     ledger = Ledger.at(settings.cert_dir)
