@@ -462,6 +462,18 @@ def _parse_word(label: str, raw: Any) -> str:
     return value
 
 
+def _parse_profile(label: str, raw: Any) -> str:
+    """An ACME profile name (RFC draft-aaron-acme-profiles): a short lower-case token such as
+    classic, tlsserver or shortlived; empty asks for none (the CA's default)."""
+    value = _text(label, raw).strip()
+    if not re.fullmatch(r"([a-z0-9][a-z0-9._-]{0,63})?", value):
+        raise ConfigError(
+            f"{label}={_shown(raw)} is not an ACME profile name; use a short token of a-z, "
+            "0-9, ._- such as classic, tlsserver or shortlived (empty: the CA's default)"
+        )
+    return value
+
+
 def _parse_command(label: str, raw: Any) -> str:
     import shlex
 
@@ -532,7 +544,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "acme_directory": _parse_url,
     "acme_ca_bundle": _parse_path,
     "acme_webroot": _parse_path,
-    "acme_profile": _parse_word,
+    "acme_profile": _parse_profile,
     "acme_email": _parse_word,
     "acme_challenge": _parse_choice("acme_challenge"),
     "cert_dir": _parse_path,

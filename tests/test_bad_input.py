@@ -94,6 +94,7 @@ BAD_SETTINGS: tuple[tuple[dict[str, str], str], ...] = (
     ({"PROVISION_JOURNAL": "sqlite"}, "PROVISION_JOURNAL='sqlite'"),
     ({"PROVISION_JOURNAL": "postgres"}, "needs PROVISION_PG_DSN"),
     ({"PROVISION_HOST_NAME": "web 1"}, "not a host name"),
+    ({"PROVISION_ACME_PROFILE": "short lived"}, "'short lived' is not an ACME profile name"),
     ({"USE_DATABASE": "maybe"}, "USE_DATABASE='maybe' is not a boolean"),
     *(() if ROOT else (({"PROVISION_CONFIG": "{w}/unreadable.toml"}, "cannot read"),)),
 )

@@ -1,21 +1,19 @@
 """The renewal drill, on the real stack: `provision site create`, then `certs status` and
-`certs renew` in real processes against pebble, nginx and challtestsrv.
+`certs renew` in real processes against pebble 2.10, nginx and challtestsrv.
 
-pebble 2.4 (the stack's) offers neither profiles nor ARI and issues 5-year certificates, so a
-certificate is made due the way time would make it: the live folder gets a new generation
-whose lifetime is mostly used (90 days, 10 left), signed by a test CA the status check trusts
-beside pebble's root (PROVISION_ACME_ISSUER_ROOT is a bundle of both). The renewal decision is
-then the real one (a third of the lifetime left), and the order carries `replaces` with that
-certificate's ARI id: pebble 2.4 ignores the field, so the test reads it from the JWS payload
-on the wire (tests/jws_capture.py).
+The site's certificate comes from pebble's `shortlived` profile; pebble's management API then
+sets its ARI answer to a window that has already ended, as Let's Encrypt does when it wants
+a certificate replaced early. The renewal is the real one: due by ARI, ordered with `replaces`
+(RFC 9773), which pebble checks and links to the old certificate, validated over HTTP-01
+through nginx, and served. A foreign certificate (another CA's) has its `replaces` refused by
+pebble, and the order is sent again without it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
+import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,19 +21,22 @@ from typing import Any
 
 import httpx
 import pytest
+from acme import errors
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioner.config import load_settings
+from provisioner.config import Settings, load_settings
+from provisioner.devstack.pebble import SHORTLIVED_SECONDS
+from provisioner.site import acme_client as acme
 from provisioner.site.acme_client import ari_cert_id
 from provisioner.site.acme_ledger import Ledger
 from provisioner.site.cert_store import CertStore
 from provisioner.site.nginx_control import Nginx, VhostFiles
 from provisioner.site.renewal import serve_stored, served_certificate
 from tests.contract.harness import tree
-from tests.test_site_create import REPO, create_args, provision
+from tests.test_site_create import create_args, provision
 from tests.test_site_create import env as env
 
 pytestmark = pytest.mark.usefixtures("stack_env")
@@ -88,22 +89,43 @@ def mostly_used_certificate(names: list[str]) -> tuple[bytes, str, bytes]:
     return key_pem, (leaf.public_bytes(pem) + ca_pem).decode(), ca_pem
 
 
-def certs(env: dict[str, str], *args: str, capture: Path | None = None) -> tuple[int, Any]:
-    """`provision certs ARGS --json` (through the JWS capture when `capture`): (rc, JSON)."""
-    argv = ["certs", *args, "--json"]
-    if capture is None:
-        done = provision(env, *argv)
-    else:
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.jws_capture", *argv],
-            env={**env, "JWS_CAPTURE": str(capture)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO,
-        )
+def certs(env: dict[str, str], *args: str) -> tuple[int, Any]:
+    """`provision certs ARGS --json`: (rc, JSON)."""
+    done = provision(env, "certs", *args, "--json")
     assert done.stdout.strip(), done.stderr
     return done.returncode, json.loads(done.stdout)
+
+
+def pebble_management(env: dict[str, str], path: str, body: dict[str, str]) -> None:
+    """A POST to pebble's management API (its listener verified with the stack's CA)."""
+    folder = Path(env["PROVISION_DEV_STATE"]) / "pebble"
+    config = json.loads((folder / "pebble-config.json").read_text())
+    address = config["pebble"]["managementListenAddress"]
+    tls = ssl.create_default_context(cafile=str(folder / "tls-ca.pem"))
+    answer = httpx.post(
+        f"https://{address}{path}", json=body, verify=tls, trust_env=False, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def end_renewal_window(env: dict[str, str], cert_pem: str) -> None:
+    """pebble's ARI answer for this certificate becomes a window that ended an hour ago."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    window = {
+        "suggestedWindow": {
+            "start": (now - dt.timedelta(hours=2)).isoformat().replace("+00:00", "Z"),
+            "end": (now - dt.timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+        }
+    }
+    pebble_management(
+        env, "/set-renewal-info/", {"certificate": cert_pem, "ariResponse": json.dumps(window)}
+    )
+
+
+def order_of(settings: Settings, url: str) -> dict[str, Any]:
+    """The order object as pebble keeps it, read with the site's ACME account."""
+    session = acme.open_session(settings, acme.fetch_directory(settings))
+    return dict(session.acme._post_as_get(url).json())
 
 
 def challtestsrv(env: dict[str, str], path: str, body: dict[str, object]) -> None:
@@ -138,13 +160,115 @@ def private_certs(env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, str
 
 
 def test_renewal_drill(private_certs: dict[str, str], tmp_path: Path) -> None:
+    env = {**private_certs, "PROVISION_ACME_PROFILE": "shortlived"}
+    domain = env["DRILL_DOMAIN"]
+    names = [domain, f"www.{domain}"]
+    created = provision(env, *create_args(domain))
+    assert created.returncode == 0, created.stdout + created.stderr
+    settings = load_settings(env=env, config_file=tmp_path / "absent.toml")
+    store = CertStore(settings.cert_dir, domain)
+    old = store.current()
+    assert old is not None and "Pebble" in old.issuer_cn
+    assert old.not_after - old.not_before <= dt.timedelta(seconds=SHORTLIVED_SECONDS)
+
+    # The CA wants it replaced: its ARI window ended an hour ago.
+    end_renewal_window(env, old.cert.public_bytes(serialization.Encoding.PEM).decode())
+    rc, before = certs(env, "status", "--site", domain)
+    assert rc == 1, before
+    [site] = before["sites"]
+    assert site["window"]["source"] == "ari" and site["due"] is True, site["window"]
+    assert site["window"]["ask_after"] > dt.datetime.now(dt.UTC).isoformat()  # Retry-After
+    assert site["served"]["serial"] == f"{old.serial:x}" and site["served"]["verified"]
+    assert any("renewal window (ARI) ended" in p for p in site["problems"]), site["problems"]
+    assert any("never run" in p for p in before["problems"])
+
+    # The renewal (now with the classic profile): due by ARI, ordered with `replaces`, which
+    # pebble accepts and links to the old certificate, then served by nginx.
+    renew_env = {**env, "PROVISION_ACME_PROFILE": "classic"}
+    rc, renewed = certs(renew_env, "renew", "--site", domain)
+    assert rc == 0, renewed
+    [done] = renewed["sites"]
+    assert done["outcome"] == "renewed" and "inside the CA's renewal window" in done["msg"], done
+    new = store.current()
+    assert new is not None and new.serial != old.serial and "Pebble" in new.issuer_cn
+    assert new.not_after - new.not_before > dt.timedelta(days=60)  # classic: 90 days
+    assert served_certificate(settings, domain).serial == f"{new.serial:x}"
+
+    rc, after = certs(renew_env, "status", "--site", domain)
+    assert rc == 0, after["problems"]
+    attempt = after["sites"][0]["last_attempt"]
+    assert attempt["outcome"] == "renewed" and attempt["replaces_outcome"] == "accepted"
+    assert attempt["profile"] == "classic" and after["sites"][0]["window"]["source"] == "ari"
+    assert order_of(settings, attempt["order"])["replaces"] == ari_cert_id(old.cert)
+    # pebble linked the two: the old certificate cannot be replaced a second time.
+    session = acme.open_session(settings, acme.fetch_directory(settings))
+    csr = acme.acme_crypto.make_csr(acme.new_key_pem(), names)
+    with pytest.raises(errors.ConflictError):
+        acme.new_order(session.acme, csr, None, ari_cert_id(old.cert))
+
+    # The replaced certificate put back live (a restore from an old backup): pebble answers
+    # the renewal's `replaces` with 409, and the order goes again without it.
+    first = min(store.generations())
+    store.write(
+        (store.archive / f"privkey{first}.pem").read_bytes(),
+        (store.archive / f"fullchain{first}.pem").read_text(),
+    )
+    serve_stored(settings, domain, f"{old.serial:x}")
+    rc, again = certs(renew_env, "renew", "--site", domain, "--force")
+    assert rc == 0 and again["sites"][0]["outcome"] == "renewed", again
+    rc, after = certs(renew_env, "status", "--site", domain)
+    assert rc == 0, after["problems"]
+    attempt = after["sites"][0]["last_attempt"]
+    assert attempt["replaces_outcome"].startswith("refused: 409"), attempt
+    assert "replaces" not in order_of(settings, attempt["order"])
+    new = store.current()
+    assert new is not None and new.serial != old.serial
+    assert served_certificate(settings, domain).serial == f"{new.serial:x}"
+
+    # A renewal that fails validation (the names resolve where nginx does not listen; the
+    # self-probe through 127.0.0.1 still passes): the old certificate stays, and is served.
+    ledger = Ledger.at(settings.cert_dir)
+    kept = live_files(settings.cert_dir, domain)
+    for name in names:
+        challtestsrv(env, "/add-a", {"host": f"{name}.", "addresses": ["127.0.0.2"]})
+    try:
+        rc, failed = certs(renew_env, "renew", "--site", domain, "--force")
+        assert rc == 1, failed
+        assert failed["sites"][0]["outcome"] == "failed"
+        assert "could not validate" in failed["sites"][0]["msg"]
+        assert live_files(settings.cert_dir, domain) == kept
+        assert served_certificate(settings, domain).serial == f"{new.serial:x}"
+        mine = [e for e in ledger.events() if domain in e.get("names", [])]
+        assert [e["kind"] for e in mine][-2:] == ["order", "failed"]
+
+        rc, alert = certs(renew_env, "status", "--site", domain)
+        assert rc == 1
+        assert any("last renewal failed" in p for p in alert["sites"][0]["problems"])
+
+        # It keeps failing: the ledger stops the next order before it is sent.
+        rc, stopped = certs(renew_env, "renew", "--site", domain, "--force")
+        assert rc == 1
+        message = stopped["sites"][0]["msg"]
+        assert "backing off" in message and "retry after" in message and "no order" in message
+        assert len([e for e in ledger.events() if domain in e.get("names", [])]) == len(mine)
+    finally:
+        for name in names:
+            challtestsrv(env, "/clear-a", {"host": f"{name}."})
+    assert served_certificate(settings, domain).serial == f"{new.serial:x}"
+
+
+def test_replaces_refused_is_sent_again_without(
+    private_certs: dict[str, str], tmp_path: Path
+) -> None:
+    """Another CA's certificate: pebble refuses `replaces` (no issuer it knows), and the same
+    order goes again without it; the record says so."""
     env = private_certs
     domain = env["DRILL_DOMAIN"]
     names = [domain, f"www.{domain}"]
     created = provision(env, *create_args(domain))
     assert created.returncode == 0, created.stdout + created.stderr
 
-    # Time passes: the live certificate is a 90-day one with 10 days left, and nginx serves it.
+    # Time passes: the live certificate is another CA's 90-day one with 10 days left.
     key_pem, fullchain, ca_pem = mostly_used_certificate(names)
     bundle = tmp_path / "roots.pem"
     bundle.write_bytes(Path(env["PROVISION_ACME_ISSUER_ROOT"]).read_bytes() + ca_pem)
@@ -159,59 +283,17 @@ def test_renewal_drill(private_certs: dict[str, str], tmp_path: Path) -> None:
     rc, before = certs(env, "status", "--site", domain)
     assert rc == 1, before
     [site] = before["sites"]
-    assert site["certificate"]["days_left"] < 14 and site["due"] is True
-    assert site["window"]["source"] == "lifetime"  # pebble 2.4 offers no ARI
-    assert site["served"]["serial"] == f"{old.serial:x}" and site["served"]["verified"]
+    assert site["window"]["source"] == "lifetime"  # pebble has no ARI for another CA's
     assert any("expires in 10.0 days" in p for p in site["problems"]), site["problems"]
-    assert any("never run" in p for p in before["problems"])
 
-    # The renewal: due by the lifetime rule, ordered with `replaces`, served by nginx.
-    capture = tmp_path / "jws.jsonl"
-    rc, renewed = certs(env, "renew", "--site", domain, capture=capture)
+    rc, renewed = certs(env, "renew", "--site", domain)
     assert rc == 0, renewed
-    [done] = renewed["sites"]
-    assert done["outcome"] == "renewed", done
-    orders = [
-        json.loads(line)["payload"]
-        for line in capture.read_text().splitlines()
-        if "identifiers" in (json.loads(line)["payload"] or {})
-    ]
-    assert [o.get("replaces") for o in orders] == [ari_cert_id(old.cert)]
+    assert renewed["sites"][0]["outcome"] == "renewed", renewed
     new = store.current()
-    assert new is not None and new.serial != old.serial and "Pebble" in new.issuer_cn
+    assert new is not None and "Pebble" in new.issuer_cn
     assert served_certificate(settings, domain).serial == f"{new.serial:x}"
-
     rc, after = certs(env, "status", "--site", domain)
     assert rc == 0, after["problems"]
-    assert after["sites"][0]["last_attempt"]["outcome"] == "renewed"
-
-    # A renewal that fails validation (the names resolve where nginx does not listen; the
-    # self-probe through 127.0.0.1 still passes): the old certificate stays, and is served.
-    ledger = Ledger.at(settings.cert_dir)
-    kept = live_files(settings.cert_dir, domain)
-    for name in names:
-        challtestsrv(env, "/add-a", {"host": f"{name}.", "addresses": ["127.0.0.2"]})
-    try:
-        rc, failed = certs(env, "renew", "--site", domain, "--force")
-        assert rc == 1, failed
-        assert failed["sites"][0]["outcome"] == "failed"
-        assert "could not validate" in failed["sites"][0]["msg"]
-        assert live_files(settings.cert_dir, domain) == kept
-        assert served_certificate(settings, domain).serial == f"{new.serial:x}"
-        mine = [e for e in ledger.events() if domain in e.get("names", [])]
-        assert [e["kind"] for e in mine][-2:] == ["order", "failed"]
-
-        rc, alert = certs(env, "status", "--site", domain)
-        assert rc == 1
-        assert any("last renewal failed" in p for p in alert["sites"][0]["problems"])
-
-        # It keeps failing: the ledger stops the next order before it is sent.
-        rc, stopped = certs(env, "renew", "--site", domain, "--force")
-        assert rc == 1
-        message = stopped["sites"][0]["msg"]
-        assert "backing off" in message and "retry after" in message and "no order" in message
-        assert len([e for e in ledger.events() if domain in e.get("names", [])]) == len(mine)
-    finally:
-        for name in names:
-            challtestsrv(env, "/clear-a", {"host": f"{name}."})
-    assert served_certificate(settings, domain).serial == f"{new.serial:x}"
+    attempt = after["sites"][0]["last_attempt"]
+    assert attempt["replaces_outcome"].startswith("refused: malformed"), attempt
+    assert "replaces" not in order_of(settings, attempt["order"])

@@ -1,5 +1,5 @@
 """The renewal rules without a CA: the ledger's limits and backoff, the due and alert
-thresholds, ARI answers with Retry-After (a local ARI endpoint: pebble 2.4 offers none), and
+thresholds, ARI answers with any Retry-After (a local ARI endpoint: pebble always says 6 h), and
 `replaces` in the newOrder payload."""
 
 from __future__ import annotations

@@ -72,7 +72,12 @@ def _site_lines(report: dict[str, Any]) -> list[str]:
         f"    renewal window ({window['source']}): {window['start'][:16]} to "
         f"{window['end'][:16]} UTC{' (due now)' if report['due'] else ''}",
         "    last renewal attempt: "
-        + (f"{attempt['outcome']} at {attempt['at'][:16]} UTC" if attempt else "none"),
+        + (f"{attempt['outcome']} at {attempt['at'][:16]} UTC" if attempt else "none")
+        + (
+            f" (replaces {attempt['replaces_outcome']})"
+            if attempt and attempt.get("replaces_outcome")
+            else ""
+        ),
     ]
     if report.get("note"):
         lines.append(f"    note: {report['note']}")

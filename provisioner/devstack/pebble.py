@@ -1,7 +1,9 @@
 """Let's Encrypt's test CA (pebble) and its DNS helper (pebble-challtestsrv), with real HTTP-01.
 
-pebble resolves every name through challtestsrv (all -> 127.0.0.1, no IPv6 so it never dials
-[::1]) and validates on nginx's HTTP port, where nginx serves the ACME webroot. The Debian
+pebble 2.10, unpacked from Debian's package into `.tools/pebble-<version>/` by
+scripts/bootstrap.sh: it offers ACME profiles and ARI (RFC 9773), and checks an order's
+`replaces`. pebble resolves every name through challtestsrv (all -> 127.0.0.1, no IPv6 so it
+never dials [::1]) and validates on nginx's HTTP port, where nginx serves the ACME webroot. The
 package has no certificate for pebble's own listener, so we make a small CA and a localhost
 certificate. pebble makes a new issuing root at every start: it is fetched after each start.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import shutil
+import os
 import ssl
 from pathlib import Path
 
@@ -35,13 +37,34 @@ PEBBLE_ENV = {
 }
 # A listener certificate closer than this to its end is made again.
 RENEW_BEFORE = dt.timedelta(days=30)
+PEBBLE_VERSION = "2.10.0"
+# Where scripts/bootstrap.sh unpacks the package (the repository's .tools/, gitignored).
+TOOLS = Path(__file__).resolve().parents[2] / ".tools" / f"pebble-{PEBBLE_VERSION}" / "usr" / "bin"
+# Let's Encrypt's profiles (2026), with pebble's lifetimes: `shortlived` is short enough that a
+# test certificate is inside its ARI window (the last third) within minutes.
+SHORTLIVED_SECONDS = 6 * 3600
+PROFILES = {
+    "classic": {
+        "description": "90-day certificates, as Let's Encrypt's classic",
+        "validityPeriod": 7776000,
+    },
+    "tlsserver": {
+        "description": "TLS server certificates, as Let's Encrypt's tlsserver",
+        "validityPeriod": 7776000,
+    },
+    "shortlived": {"description": "short-lived certificates", "validityPeriod": SHORTLIVED_SECONDS},
+}
 
 
 def _find(binary: str) -> str:
-    found = shutil.which(binary)
-    if found is None:
-        raise DevStackError(f"{binary} is not installed; run `apt-get install pebble`")
-    return found
+    """The binary from .tools/ (pebble 2.10): the system's pebble (bookworm's 2.4) lacks
+    profiles and ARI, so it is never picked up from PATH."""
+    path = TOOLS / binary
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    raise DevStackError(
+        f"{binary} {PEBBLE_VERSION} is not in {TOOLS}; run scripts/bootstrap.sh (make setup)"
+    )
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -162,8 +185,10 @@ class ChallTestSrv(Component):
     def argv(self) -> list[str]:
         return [
             _find("pebble-challtestsrv"),
-            "-dns01",
+            "-dnsserver",
             f"127.0.0.1:{self.ports['dns']}",
+            "-doh",
+            "",
             "-http01",
             "",
             "-https01",
@@ -227,6 +252,7 @@ class Pebble(Component):
                 "tlsPort": self.ports["https"],
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": False,
+                "profiles": PROFILES,
             }
         }
         write_atomically(self.config, json.dumps(config, indent=2) + "\n")

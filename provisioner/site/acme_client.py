@@ -68,9 +68,10 @@ def fetch_directory(settings: Settings) -> messages.Directory:
 
 def requested_profile(directory: messages.Directory, wanted: str) -> str | None:
     """The profile to name in orders: `wanted` when the CA offers profiles, None when it
-    offers none; a CA that offers others refuses clearly instead of picking one for us."""
+    offers none or `wanted` is empty (the CA's default); a CA that offers others refuses
+    clearly instead of picking one for us."""
     offered = directory.meta.profiles or {}
-    if not offered:
+    if not offered or not wanted:
         return None
     if wanted not in offered:
         raise AcmeError(
@@ -352,6 +353,58 @@ def _problem(authz: messages.AuthorizationResource) -> str:
     return "; ".join(errors_seen) or str(authz.body.status)
 
 
+@dataclass(frozen=True)
+class Issued:
+    """What an issuance gave: the fullchain PEM, the order's URL, and what became of the
+    order's `replaces` (None: none was sent; "accepted"; or "refused: ..." and the order was
+    sent again without it)."""
+
+    fullchain: str
+    order_url: str | None
+    replaces_outcome: str | None = None
+
+
+def _refusal(exc: Exception) -> str | None:
+    """Why the CA would not take an order's `replaces` (a 409, `alreadyReplaced`, a `malformed`
+    ARI id of another CA's certificate), or None when the refusal is about something else."""
+    if isinstance(exc, errors.ConflictError):
+        return "409 conflict (the certificate was already replaced)"
+    if isinstance(exc, messages.Error) and exc.code in REPLACES_REFUSED:
+        return f"{exc.code}: {exc.detail or exc.description or exc.typ}"
+    return None
+
+
+def _order(
+    session: Session, csr: bytes, profile: str | None, replaces: str | None
+) -> tuple[messages.OrderResource, str | None]:
+    """The new order, and the `replaces` outcome: refused, it is sent once more without it
+    (a plain order still renews, only without the CA's rate-limit exemption)."""
+    acme = session.acme
+    for attempt in range(2):
+        try:
+            order = new_order(acme, csr, profile, replaces)
+        except (messages.Error, errors.ConflictError) as exc:
+            refused = _refusal(exc) if replaces else None
+            if refused is not None:
+                return new_order(acme, csr, profile, None), f"refused: {refused}"
+            if (
+                isinstance(exc, messages.Error)
+                and exc.code == "accountDoesNotExist"
+                and not attempt
+            ):
+                session.register()  # the CA forgot us (pebble restarted): register again
+                continue
+            raise AcmeError(f"the CA refused the order: {_detail(exc)}") from None
+        return order, "accepted" if replaces else None
+    raise AcmeError("the CA refused the order: the account it forgot could not be registered")
+
+
+def _detail(exc: Exception) -> str:
+    if isinstance(exc, messages.Error):
+        return str(exc.detail or exc)
+    return f"{type(exc).__name__} {exc}".strip()
+
+
 def issue(
     session: Session,
     names: tuple[str, ...],
@@ -360,24 +413,16 @@ def issue(
     profile: str | None,
     timeout: float = 90.0,
     replaces: str | None = None,
-) -> str:
+) -> Issued:
     """Order (naming the certificate it `replaces`, RFC 9773), answer every pending
-    authorization, finalize: the fullchain PEM."""
+    authorization, finalize."""
     deadline = time.monotonic() + timeout
     acme = session.acme
     csr = acme_crypto.make_csr(key_pem, list(names))
     try:
-        order = new_order(acme, csr, profile, replaces)
-    except messages.Error as exc:
-        if exc.code in REPLACES_REFUSED and replaces:
-            # The CA does not know the old certificate (another CA's), or it was already
-            # replaced: a plain order still renews, it is only not exempt from rate limits.
-            order = new_order(acme, csr, profile, None)
-        elif exc.code != "accountDoesNotExist":
-            raise AcmeError(f"the CA refused the order: {exc.detail or exc}") from None
-        else:
-            session.register()  # the CA forgot us (pebble restarted): register the key again
-            order = new_order(acme, csr, profile, replaces)
+        order, replaces_outcome = _order(session, csr, profile, replaces)
+    except (messages.Error, errors.ConflictError) as exc:  # the retry without `replaces`
+        raise AcmeError(f"the CA refused the order: {_detail(exc)}") from None
     try:
         pending = []
         for authz in order.authorizations:
@@ -407,7 +452,8 @@ def issue(
             raise ValidationFailed(failed, "the CA could not validate " + "; ".join(details))
     finally:
         answerer.cleanup()
-    return _finalize(acme, order, deadline)
+    fullchain = _finalize(acme, order, deadline)
+    return Issued(fullchain, order.uri, replaces_outcome)
 
 
 def _finalize(acme: client.ClientV2, order: messages.OrderResource, deadline: float) -> str:

@@ -57,9 +57,15 @@ class Window:
     start: dt.datetime
     end: dt.datetime
     source: str  # "ari" or "lifetime"
+    ask_after: dt.datetime | None = None  # the CA's Retry-After: not asked again before
 
-    def as_json(self) -> dict[str, str]:
-        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "source": self.source}
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "source": self.source,
+            "ask_after": self.ask_after.isoformat() if self.ask_after else None,
+        }
 
 
 def lifetime_window(cert: x509.Certificate) -> Window:
@@ -102,7 +108,7 @@ def ari_window(settings: Settings, cert: x509.Certificate) -> Window | None:
             del data[other]  # expired certificates' answers are of no further use
 
     update_json(path, keep)
-    return Window(info.start, info.end, "ari")
+    return _window_of(entry)
 
 
 _DIRECTORIES: dict[tuple[str, str], Any] = {}
@@ -134,7 +140,8 @@ def _window_of(entry: dict[str, Any]) -> Window | None:
     start, end = _time(entry.get("start")), _time(entry.get("end"))
     if start.year == 1 or end.year == 1:
         return None
-    return Window(start, end, "ari")
+    ask_after = _time(entry.get("ask_after"))
+    return Window(start, end, "ari", None if ask_after.year == 1 else ask_after)
 
 
 def renewal_window(settings: Settings, cert: x509.Certificate) -> Window:

@@ -171,6 +171,11 @@ def site_report(
             f"the certificate expires in {left.total_seconds() / 86400:.1f} days "
             f"({live.not_after:%Y-%m-%d %H:%M} UTC)"
         )
+    if window.source == "ari" and now >= window.end and left > dt.timedelta(0):
+        problems.append(
+            f"the CA's renewal window (ARI) ended at {window.end:%Y-%m-%d %H:%M} UTC and the "
+            "certificate was not renewed: run `provision certs renew`"
+        )
     if attempt.get("outcome") == "failed":
         problems.append(f"the last renewal failed at {attempt.get('at')}: {attempt.get('message')}")
     if served and entry.in_registry:

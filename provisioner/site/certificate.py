@@ -83,6 +83,10 @@ class CertificateStep(Step):
         self.ledger = Ledger.at(settings.cert_dir)
         self.vhost = vhost
         self._key = "cert-live-" + hashlib.sha256(spec.domain.encode()).hexdigest()[:24]
+        # What the last issuance asked and got, for the renewal record (`certs status`).
+        self.requested_profile: str | None = None
+        self.order_url: str | None = None
+        self.replaces_outcome: str | None = None
 
     # ---------------------------------------------------------------- is a certificate due?
     def _due_locally(self, live: LiveCert | None) -> str | None:
@@ -224,7 +228,7 @@ class CertificateStep(Step):
         self.ledger.record("order", names, account=session.account_uri)
         key_pem = acme.new_key_pem()
         try:
-            fullchain = acme.issue(
+            issued = acme.issue(
                 session,
                 self.names,
                 key_pem,
@@ -235,7 +239,9 @@ class CertificateStep(Step):
         except acme.ValidationFailed as exc:
             self.ledger.record("failed", exc.names, account=session.account_uri)
             raise
-        self.store.write(key_pem, fullchain)
+        # For the renewal record: the order, and whether the CA linked it to the old one.
+        self.order_url, self.replaces_outcome = issued.order_url, issued.replaces_outcome
+        self.store.write(key_pem, issued.fullchain)
         self.ledger.record("issued", names, registered=registered_domain(self.spec.domain))
         return {"before": before, "vhost": self._install_vhost()}
 

@@ -264,6 +264,8 @@ def _renew_one(runner: Any, settings: Settings, domain: str, force: bool) -> Sit
             "run_id": done.run_id,
             "serial": format(current.serial, "x") if current else None,
             "profile": getattr(step, "requested_profile", None),
+            "replaces_outcome": getattr(step, "replaces_outcome", None),
+            "order": getattr(step, "order_url", None),
         },
     )
     return done
