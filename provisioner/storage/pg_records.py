@@ -225,9 +225,20 @@ def _timestamp(fmt: TimestampFormat) -> ColumnType:
 
     # Keyed by type too, so that 1 and True (equal, same hash) are never confused.
     @functools.lru_cache(maxsize=4096, typed=True)
-    def convert_scalar(value: str | int) -> tuple[datetime | None, bool]:
+    def cached_scalar(value: str | int) -> tuple[datetime | None, bool]:
         stored = to_db(value)
         return stored, strictly_equal(from_db(stored), value)
+
+    def convert_scalar(value: str | int) -> tuple[datetime | None, bool]:
+        # Most values are unique to the second, so the cache misses: the three common
+        # spellings are parsed in C, and their round trip is exact exactly when the spelling
+        # is the one this column writes back (what from_db would have said).
+        if type(value) is str:
+            spelled = _common_timestamp(value)
+            if spelled is not None:
+                stored, spelling = spelled
+                return stored, spelling is fmt
+        return cached_scalar(value)
 
     return ColumnType(
         "timestamp with time zone",
@@ -236,6 +247,32 @@ def _timestamp(fmt: TimestampFormat) -> ColumnType:
         convert_scalar=convert_scalar,
         to_json=datetime.isoformat,
     )
+
+
+_COMMON_TIMESTAMPS = (
+    (re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"), TimestampFormat.NAIVE),
+    (
+        re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\+00:00"),
+        TimestampFormat.ISO_OFFSET,
+    ),
+    (re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"), TimestampFormat.ISO_Z),
+)
+
+
+def _common_timestamp(value: str) -> tuple[datetime, TimestampFormat] | None:
+    """(instant, spelling) of a timestamp in one of the three common spellings, to the second
+    (naive taken as UTC, as to_db takes it), which format_as writes back character for
+    character in that spelling; None for anything else (the generic path decides)."""
+    for pattern, spelling in _COMMON_TIMESTAMPS:
+        if pattern.fullmatch(value):
+            try:
+                if spelling is TimestampFormat.ISO_OFFSET:
+                    return datetime.fromisoformat(value), spelling
+                clock = value[:-1] if spelling is TimestampFormat.ISO_Z else value
+                return datetime.fromisoformat(clock).replace(tzinfo=UTC), spelling
+            except ValueError:
+                return None  # out of range: the generic path gives its own error
+    return None
 
 
 def _text_array_to_db(value: Any) -> list[str] | None:
