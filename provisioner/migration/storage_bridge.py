@@ -1,16 +1,19 @@
 """Everything the backfill and the validation take from `provisioner.storage`, in one place.
 
 The storage package is being reshaped (pg_records.py splits into storage/pg/*); when its paths
-move, this import block is the one to change. Two helpers reach past the public API, each with
-a public fallback, so a rename costs speed, never correctness:
+move, this import block is the one to change. Three helpers reach past the public API, each
+with a public fallback, so a rename costs speed, never correctness:
 - `json_records`: the store's records without the private copy `load()` makes of each (the
   backfill and the validation only read them, and from_record copies what it keeps);
-- `record_hash`: the layer's content hash of a record without the full row conversion.
+- `record_hash`: the layer's content hash of a record without the full row conversion;
+- `mapping_internals`: the pieces of `from_record` that `fast_rows` reuses (None when one is
+  missing: every row then goes through from_record).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from provisioner.storage import pg_records
@@ -49,6 +52,7 @@ __all__ = [
     "forget_entity_files",
     "from_record",
     "json_records",
+    "mapping_internals",
     "parse_timestamp",
     "pending_migrations",
     "record_hash",
@@ -102,3 +106,26 @@ def record_hash(record: StoredRecord) -> str:
         except (TypeError, ValueError):
             pass  # not encodable as given: from_record says why
     return from_record(record).content_hash
+
+
+_INTERNAL_NAMES = {
+    "version": "MAPPING_VERSION",
+    "canonical": "_canonical_json",
+    "reserved": "_RESERVED_FIELDS",
+    "key_orders": "_key_orders",
+    "leaves": "_lifted_leaves",
+    "lifted": "_lifted",
+    "missing": "_MISSING",
+    "conversion_errors": "_CONVERSION_ERRORS",
+    "orig_key": "ORIG_KEY",
+    "absent_key": "ABSENT_KEY",
+    "order_key": "ORDER_KEY",
+}
+
+
+def mapping_internals() -> SimpleNamespace | None:
+    """The mapping's own pieces the fast row path is made of, or None when one is gone."""
+    found = {name: getattr(pg_records, attr, None) for name, attr in _INTERNAL_NAMES.items()}
+    if any(value is None for value in found.values()):
+        return None
+    return SimpleNamespace(**found)
