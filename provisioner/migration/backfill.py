@@ -20,8 +20,10 @@ Public API (used by the backfill phase step and `provision migrate backfill`):
   load goes on. A file that cannot be read at all fails its entity (`EntityLoad.error`) and
   the others go on.
 - `progress(entity, done, total)` is called after each batch (the CLI draws a rich bar).
-- `workers`: processes building rows for an entity with many records (`backfill_rows.py`);
-  None: one per CPU this process may use (at most 4), 0: none (all in this process).
+- `workers`: processes building rows for an entity with many records; given a DSN, each
+  also writes its batches on a connection of its own (`backfill_writers.py`), given a
+  connection, they build and this process writes (`backfill_rows.py`). None: one per CPU this
+  process may use (at most 4), 0: none (all in this process).
 - `dry_run=True` (`--plan`): every batch is rolled back instead of committed, so the counts
   are exactly what a run would do, and nothing is written (no quarantine file either).
 - BackfillReport: per entity `inserted`, `updated`, `unchanged`, `quarantined`,
@@ -48,9 +50,11 @@ from provisioner.migration.backfill_rows import (
     BuiltRow,
     built_batches,
     count_plaintext,
+    parallel_worth_it,
     transport_types,
     worker_count,
 )
+from provisioner.migration.backfill_writers import worker_dsn, written_batches
 from provisioner.migration.quarantine_file import QuarantineFile, default_quarantine_path
 from provisioner.migration.staging import copy_types, entity_sql
 from provisioner.migration.storage_bridge import (
@@ -212,6 +216,7 @@ def backfill(
     for entity, relpath in data_files(store):
         files.setdefault(entity, []).append(relpath)
     started = time.perf_counter()
+    dsn = worker_dsn(target)
     with connection(target, "backfill") as conn:
         if dry_run:
             require_tables(
@@ -224,7 +229,7 @@ def backfill(
         for entity in wanted:
             load = EntityLoad(entity, files[entity])
             report.entities[entity] = load
-            _load_entity(conn, store, load, batch_size, quarantine, progress, dry_run, workers)
+            _load_entity(conn, store, load, batch_size, quarantine, progress, dry_run, workers, dsn)
     if not dry_run:
         quarantine.write()
     report.finished_at = datetime.now(UTC)
@@ -241,6 +246,7 @@ def _load_entity(
     progress: ProgressCallback | None,
     dry_run: bool,
     workers: int | None,
+    dsn: str | None = None,
 ) -> None:
     entity = load.entity
     try:
@@ -251,10 +257,24 @@ def _load_entity(
     load.records = total = len(records)
     if progress:
         progress(entity, 0, total)
+    workers = worker_count() if workers is None else workers
+    if dsn is not None and parallel_worth_it(total, batch_size, workers):
+        for start, written in written_batches(dsn, entity, records, batch_size, workers, dry_run):
+            load.plaintext_dropped += written.plaintext_dropped
+            load.inserted += written.inserted
+            load.updated += written.updated
+            load.unchanged += written.unchanged
+            load.quarantined += written.quarantined
+            for line in written.lines:
+                quarantine.add_line(line)
+            if progress:
+                progress(entity, min(start + batch_size, total), total)
+        del records
+        forget_entity_files(store, entity)
+        return
     if total:
         with conn.transaction():
             conn.execute(entity_sql(entity).create_stage)
-    workers = worker_count() if workers is None else workers
     for start, built in built_batches(entity, records, batch_size, workers):
         load.plaintext_dropped += built.plaintext_dropped
         for _key, line in built.refused:

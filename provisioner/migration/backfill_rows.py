@@ -132,6 +132,12 @@ def worker_count() -> int:
     return 0 if cpus < 2 else min(cpus, MAX_WORKERS)
 
 
+def parallel_worth_it(records: int, batch_size: int, workers: int) -> bool:
+    """Whether to fork workers for an entity: at least two of them and two batches, and
+    enough records to repay the fork."""
+    return workers >= 2 and records >= PARALLEL_MIN_RECORDS and records > batch_size
+
+
 # The records the forked workers build from (set in the parent just before the fork).
 _SHARED: tuple[str, Sequence[StoredRecord]] | None = None
 
@@ -148,7 +154,7 @@ def built_batches(
     """(start, built batch) for each batch of `records`, in order; built by `workers` forked
     processes when there are enough records, else here."""
     spans = [(s, min(s + batch_size, len(records))) for s in range(0, len(records), batch_size)]
-    if workers < 2 or len(records) < PARALLEL_MIN_RECORDS or len(spans) < 2:
+    if not parallel_worth_it(len(records), batch_size, workers):
         for start, stop in spans:
             yield start, build_batch(entity, records[start:stop])
         return
