@@ -18,6 +18,7 @@ from typing import Any
 
 from provisioner.storage import pg_records
 from provisioner.storage.aeims_json import CATALOG, NOT_ENTITY_FILES, AeimsJsonStore
+from provisioner.storage.json_read import gc_paused
 from provisioner.storage.jsonfile import JsonFileError, forget_cached
 from provisioner.storage.migrations import MigrationError, apply_migrations, pending_migrations
 from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
@@ -51,6 +52,7 @@ __all__ = [
     "data_files",
     "forget_entity_files",
     "from_record",
+    "gc_paused",
     "json_records",
     "mapping_internals",
     "parse_timestamp",
