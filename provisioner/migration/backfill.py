@@ -65,6 +65,7 @@ from provisioner.migration.storage_bridge import (
     apply_migrations,
     data_files,
     forget_entity_files,
+    gc_paused,
     json_records,
 )
 
@@ -226,10 +227,16 @@ def backfill(
             )
         else:
             report.schema_applied = apply_migrations(conn)
-        for entity in wanted:
-            load = EntityLoad(entity, files[entity])
-            report.entities[entity] = load
-            _load_entity(conn, store, load, batch_size, quarantine, progress, dry_run, workers, dsn)
+        # Rows, images and batches are millions of short-lived objects beside the parsed
+        # files' millions, none in cycles: the cyclic collector would walk them all, over and
+        # over (and in forked workers, write to every page they share with this process).
+        with gc_paused():
+            for entity in wanted:
+                load = EntityLoad(entity, files[entity])
+                report.entities[entity] = load
+                _load_entity(
+                    conn, store, load, batch_size, quarantine, progress, dry_run, workers, dsn
+                )
     if not dry_run:
         quarantine.write()
     report.finished_at = datetime.now(UTC)
