@@ -36,6 +36,7 @@ that writes the row), so the first validation after it does not have to rebuild 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -231,11 +232,23 @@ def backfill(
         # files' millions, none in cycles: the cyclic collector would walk them all, over and
         # over (and in forked workers, write to every page they share with this process).
         with gc_paused():
-            for entity in wanted:
+            upcoming = _Upcoming(store)
+            for position, entity in enumerate(wanted):
                 load = EntityLoad(entity, files[entity])
                 report.entities[entity] = load
+                following = wanted[position + 1] if position + 1 < len(wanted) else None
                 _load_entity(
-                    conn, store, load, batch_size, quarantine, progress, dry_run, workers, dsn
+                    conn,
+                    store,
+                    load,
+                    batch_size,
+                    quarantine,
+                    progress,
+                    dry_run,
+                    workers,
+                    dsn,
+                    upcoming,
+                    following,
                 )
     if not dry_run:
         quarantine.write()
@@ -254,10 +267,12 @@ def _load_entity(
     dry_run: bool,
     workers: int | None,
     dsn: str | None = None,
+    upcoming: _Upcoming | None = None,
+    following: str | None = None,
 ) -> None:
     entity = load.entity
     try:
-        records = list(json_records(store, entity))
+        records = upcoming.take(entity) if upcoming else list(json_records(store, entity))
     except (JsonFileError, OSError) as exc:
         load.error = str(exc)
         return
@@ -266,7 +281,13 @@ def _load_entity(
         progress(entity, 0, total)
     workers = worker_count() if workers is None else workers
     if dsn is not None and parallel_worth_it(total, batch_size, workers):
-        for start, written in written_batches(dsn, entity, records, batch_size, workers, dry_run):
+        meanwhile = None
+        if upcoming is not None and following is not None:
+            meanwhile = functools.partial(upcoming.parse, following)
+        batches = written_batches(
+            dsn, entity, records, batch_size, workers, dry_run, meanwhile=meanwhile
+        )
+        for start, written in batches:
             load.plaintext_dropped += written.plaintext_dropped
             load.inserted += written.inserted
             load.updated += written.updated
@@ -294,6 +315,30 @@ def _load_entity(
             progress(entity, min(start + batch_size, total), total)
     del records
     forget_entity_files(store, entity)
+
+
+class _Upcoming:
+    """The next entity's records, parsed while the workers write the current one's (its
+    files are then read once, as ever; a file that cannot be read fails that entity when its
+    turn comes, as it would have)."""
+
+    def __init__(self, store: AeimsJsonStore) -> None:
+        self.store = store
+        self.parsed: dict[str, list[StoredRecord] | JsonFileError | OSError] = {}
+
+    def parse(self, entity: str) -> None:
+        try:
+            self.parsed[entity] = list(json_records(self.store, entity))
+        except (JsonFileError, OSError) as exc:
+            self.parsed[entity] = exc
+
+    def take(self, entity: str) -> list[StoredRecord]:
+        found = self.parsed.pop(entity, None)
+        if found is None:
+            return list(json_records(self.store, entity))
+        if isinstance(found, list):
+            return found
+        raise found
 
 
 def _pg_reason(exc: psycopg.Error) -> str:

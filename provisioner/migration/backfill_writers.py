@@ -18,7 +18,7 @@ order, so the report, the progress and the quarantine file are those of the pare
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import util
 from pathlib import Path
@@ -92,9 +92,12 @@ def written_batches(
     batch_size: int,
     workers: int,
     dry_run: bool,
+    *,
+    meanwhile: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, WrittenBatch]]:
     """(start, what was written) for each batch of `records`, in order, the batches built and
-    written by `workers` forked processes on connections of their own to `dsn`."""
+    written by `workers` forked processes on connections of their own to `dsn`; `meanwhile`
+    runs here once the workers are at work (the backfill parses the next entity)."""
     global _SHARED
     spans = [(s, min(s + batch_size, len(records))) for s in range(0, len(records), batch_size)]
     _SHARED = (entity, records, dry_run)
@@ -104,6 +107,8 @@ def written_batches(
             min(workers, len(spans)), initializer=_open_worker_connection, initargs=(dsn,)
         ) as pool:
             results = pool.imap(_write_span, spans)
+            if meanwhile is not None:
+                meanwhile()
             for (start, _stop), result in zip(spans, results, strict=True):
                 yield start, result
             pool.close()
