@@ -20,8 +20,10 @@ Public API (used by the backfill phase step and `provision migrate backfill`):
   load goes on. A file that cannot be read at all fails its entity (`EntityLoad.error`) and
   the others go on.
 - `progress(entity, done, total)` is called after each batch (the CLI draws a rich bar).
-- `workers`: processes building rows for an entity with many records (`backfill_rows.py`);
-  None: one per CPU this process may use (at most 4), 0: none (all in this process).
+- `workers`: processes building rows for an entity with many records; given a DSN, each
+  also writes its batches on a connection of its own (`backfill_writers.py`), given a
+  connection, they build and this process writes (`backfill_rows.py`). None: one per CPU this
+  process may use (at most 4), 0: none (all in this process).
 - `dry_run=True` (`--plan`): every batch is rolled back instead of committed, so the counts
   are exactly what a run would do, and nothing is written (no quarantine file either).
 - BackfillReport: per entity `inserted`, `updated`, `unchanged`, `quarantined`,
@@ -34,6 +36,7 @@ that writes the row), so the first validation after it does not have to rebuild 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,9 +51,11 @@ from provisioner.migration.backfill_rows import (
     BuiltRow,
     built_batches,
     count_plaintext,
+    parallel_worth_it,
     transport_types,
     worker_count,
 )
+from provisioner.migration.backfill_writers import worker_dsn, written_batches
 from provisioner.migration.quarantine_file import QuarantineFile, default_quarantine_path
 from provisioner.migration.staging import copy_types, entity_sql
 from provisioner.migration.storage_bridge import (
@@ -61,6 +66,7 @@ from provisioner.migration.storage_bridge import (
     apply_migrations,
     data_files,
     forget_entity_files,
+    gc_paused,
     json_records,
 )
 
@@ -212,6 +218,7 @@ def backfill(
     for entity, relpath in data_files(store):
         files.setdefault(entity, []).append(relpath)
     started = time.perf_counter()
+    dsn = worker_dsn(target)
     with connection(target, "backfill") as conn:
         if dry_run:
             require_tables(
@@ -221,10 +228,28 @@ def backfill(
             )
         else:
             report.schema_applied = apply_migrations(conn)
-        for entity in wanted:
-            load = EntityLoad(entity, files[entity])
-            report.entities[entity] = load
-            _load_entity(conn, store, load, batch_size, quarantine, progress, dry_run, workers)
+        # Rows, images and batches are millions of short-lived objects beside the parsed
+        # files' millions, none in cycles: the cyclic collector would walk them all, over and
+        # over (and in forked workers, write to every page they share with this process).
+        with gc_paused():
+            upcoming = _Upcoming(store)
+            for position, entity in enumerate(wanted):
+                load = EntityLoad(entity, files[entity])
+                report.entities[entity] = load
+                following = wanted[position + 1] if position + 1 < len(wanted) else None
+                _load_entity(
+                    conn,
+                    store,
+                    load,
+                    batch_size,
+                    quarantine,
+                    progress,
+                    dry_run,
+                    workers,
+                    dsn,
+                    upcoming,
+                    following,
+                )
     if not dry_run:
         quarantine.write()
     report.finished_at = datetime.now(UTC)
@@ -241,20 +266,43 @@ def _load_entity(
     progress: ProgressCallback | None,
     dry_run: bool,
     workers: int | None,
+    dsn: str | None = None,
+    upcoming: _Upcoming | None = None,
+    following: str | None = None,
 ) -> None:
     entity = load.entity
     try:
-        records = list(json_records(store, entity))
+        records = upcoming.take(entity) if upcoming else list(json_records(store, entity))
     except (JsonFileError, OSError) as exc:
         load.error = str(exc)
         return
     load.records = total = len(records)
     if progress:
         progress(entity, 0, total)
+    workers = worker_count() if workers is None else workers
+    if dsn is not None and parallel_worth_it(total, batch_size, workers):
+        meanwhile = None
+        if upcoming is not None and following is not None:
+            meanwhile = functools.partial(upcoming.parse, following)
+        batches = written_batches(
+            dsn, entity, records, batch_size, workers, dry_run, meanwhile=meanwhile
+        )
+        for start, written in batches:
+            load.plaintext_dropped += written.plaintext_dropped
+            load.inserted += written.inserted
+            load.updated += written.updated
+            load.unchanged += written.unchanged
+            load.quarantined += written.quarantined
+            for line in written.lines:
+                quarantine.add_line(line)
+            if progress:
+                progress(entity, min(start + batch_size, total), total)
+        del records
+        forget_entity_files(store, entity)
+        return
     if total:
         with conn.transaction():
             conn.execute(entity_sql(entity).create_stage)
-    workers = worker_count() if workers is None else workers
     for start, built in built_batches(entity, records, batch_size, workers):
         load.plaintext_dropped += built.plaintext_dropped
         for _key, line in built.refused:
@@ -267,6 +315,30 @@ def _load_entity(
             progress(entity, min(start + batch_size, total), total)
     del records
     forget_entity_files(store, entity)
+
+
+class _Upcoming:
+    """The next entity's records, parsed while the workers write the current one's (its
+    files are then read once, as ever; a file that cannot be read fails that entity when its
+    turn comes, as it would have)."""
+
+    def __init__(self, store: AeimsJsonStore) -> None:
+        self.store = store
+        self.parsed: dict[str, list[StoredRecord] | JsonFileError | OSError] = {}
+
+    def parse(self, entity: str) -> None:
+        try:
+            self.parsed[entity] = list(json_records(self.store, entity))
+        except (JsonFileError, OSError) as exc:
+            self.parsed[entity] = exc
+
+    def take(self, entity: str) -> list[StoredRecord]:
+        found = self.parsed.pop(entity, None)
+        if found is None:
+            return list(json_records(self.store, entity))
+        if isinstance(found, list):
+            return found
+        raise found
 
 
 def _pg_reason(exc: psycopg.Error) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from provisioner.migration.fast_rows import fast_row
 from provisioner.migration.quarantine_file import quarantine_line
 from provisioner.migration.storage_bridge import (
     PLAINTEXT_PASSWORD_FIELDS,
@@ -86,11 +87,17 @@ _dumps = json.dumps
 
 
 def build_batch(entity: str, records: Sequence[StoredRecord]) -> BuiltBatch:
-    """The rows of `records` through the layer's mapping; refused records as quarantine lines."""
+    """The rows of `records` through the layer's mapping; refused records as quarantine lines.
+
+    `records` come from the JSON files (json.loads): plain JSON types, which fast_rows needs."""
     out = BuiltBatch()
     rows, refused = out.rows, out.refused
     dropped = 0
     for index, record in enumerate(records):
+        fast = fast_row(entity, record)
+        if fast is not None:  # no plaintext field in it, nothing to refuse
+            rows.append(BuiltRow(index, record.key, *fast))
+            continue
         dropped += count_plaintext(record.data)
         try:
             image = from_record(record)
@@ -125,6 +132,12 @@ def worker_count() -> int:
     return 0 if cpus < 2 else min(cpus, MAX_WORKERS)
 
 
+def parallel_worth_it(records: int, batch_size: int, workers: int) -> bool:
+    """Whether to fork workers for an entity: at least two of them and two batches, and
+    enough records to repay the fork."""
+    return workers >= 2 and records >= PARALLEL_MIN_RECORDS and records > batch_size
+
+
 # The records the forked workers build from (set in the parent just before the fork).
 _SHARED: tuple[str, Sequence[StoredRecord]] | None = None
 
@@ -141,7 +154,7 @@ def built_batches(
     """(start, built batch) for each batch of `records`, in order; built by `workers` forked
     processes when there are enough records, else here."""
     spans = [(s, min(s + batch_size, len(records))) for s in range(0, len(records), batch_size)]
-    if workers < 2 or len(records) < PARALLEL_MIN_RECORDS or len(spans) < 2:
+    if not parallel_worth_it(len(records), batch_size, workers):
         for start, stop in spans:
             yield start, build_batch(entity, records[start:stop])
         return

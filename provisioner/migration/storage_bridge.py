@@ -1,22 +1,26 @@
 """Everything the backfill and the validation take from `provisioner.storage`, in one place.
 
-When the storage package's paths move, this import block is the one to change. Two helpers
+When the storage package's paths move, this import block is the one to change. Three helpers
 reach past the public API, each with a public fallback, so a rename costs speed, never
 correctness:
 - `json_records`: the store's records without the private copy `load()` makes of each (the
   backfill and the validation only read them, and from_record copies what it keeps);
-- `record_hash`: the layer's content hash of a record without the full row conversion.
+- `record_hash`: the layer's content hash of a record without the full row conversion;
+- `mapping_internals`: the pieces of `from_record` that `fast_rows` reuses (None when one is
+  missing: every row then goes through from_record).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from provisioner.storage.aeims.catalog import CATALOG, NOT_ENTITY_FILES
 from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.jsonvalues import json_equal
 from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
+from provisioner.storage.pg import columns as pg_columns
 from provisioner.storage.pg import rows as pg_rows
 from provisioner.storage.pg.columns import ORDER_KEY, RecordMappingError
 from provisioner.storage.pg.maps import ENTITY_MAPS, EntityMap
@@ -28,6 +32,7 @@ from provisioner.storage.pg.schema_versions import (
 )
 from provisioner.storage.pg.statements import conflict_updates
 from provisioner.storage.phpjson.errors import JsonFileError
+from provisioner.storage.phpjson.limits import gc_paused
 from provisioner.storage.phpjson.read import forget_cached
 from provisioner.storage.timestamps import parse_timestamp
 
@@ -50,8 +55,10 @@ __all__ = [
     "data_files",
     "forget_entity_files",
     "from_record",
+    "gc_paused",
     "json_equal",
     "json_records",
+    "mapping_internals",
     "parse_timestamp",
     "pending_migrations",
     "record_hash",
@@ -104,3 +111,29 @@ def record_hash(record: StoredRecord) -> str:
         except (TypeError, ValueError):
             pass  # not encodable as given: from_record says why
     return from_record(record).content_hash
+
+
+_INTERNAL_NAMES = {
+    "version": "MAPPING_VERSION",
+    "canonical": "_canonical_json",
+    "reserved": "_RESERVED_FIELDS",
+    "key_orders": "_key_orders",
+    "leaves": "_lifted_leaves",
+    "lifted": "_lifted",
+    "missing": "_MISSING",
+    "conversion_errors": "_CONVERSION_ERRORS",
+    "orig_key": "ORIG_KEY",
+    "absent_key": "ABSENT_KEY",
+    "order_key": "ORDER_KEY",
+}
+
+
+def mapping_internals() -> SimpleNamespace | None:
+    """The mapping's own pieces the fast row path is made of, or None when one is gone."""
+    found = {
+        name: getattr(pg_rows, attr, None) or getattr(pg_columns, attr, None)
+        for name, attr in _INTERNAL_NAMES.items()
+    }
+    if any(value is None for value in found.values()):
+        return None
+    return SimpleNamespace(**found)

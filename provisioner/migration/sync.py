@@ -64,6 +64,8 @@ from psycopg import sql
 
 from provisioner.fsutil import file_lock
 from provisioner.migration.sync_scan import (
+    KEEP_BYTES_MAX,
+    Scan,
     Snapshot,
     Span,
     eligible_for_spans,
@@ -71,7 +73,7 @@ from provisioner.migration.sync_scan import (
     read_locked,
     record_digest,
     record_of_span,
-    scan_spans,
+    scan_spans_since,
     stamp,
 )
 from provisioner.migration.sync_state import (
@@ -194,6 +196,8 @@ class Syncer:
         status = read_status(self.data_dir)
         self._synced: dict[str, Any] = dict(status.get("files") or {})
         self._retry: set[str] = set()
+        # The last scan of each file read by its bytes (a change is then found by comparing).
+        self._scans: dict[str, Scan] = {}
         self._max_lag: float | None = status.get("max_lag_seconds")
         self._last_lag: float | None = status.get("last_lag_seconds")
         self._last_outside: dict[str, Any] | None = status.get("last_outside_write")
@@ -358,9 +362,11 @@ class Syncer:
             got = None if write_ahead.pending(path) else read_locked(path)
             if got is not None:
                 raw, st = got
-                spans = scan_spans(raw, fs)
-                if spans is not None:
-                    return self._span_snapshot(entity, fs, raw, st, spans)
+                scan = scan_spans_since(raw, fs, self._scans.pop(entity, None))
+                if scan is not None:
+                    if len(raw) <= KEEP_BYTES_MAX:
+                        self._scans[entity] = scan
+                    return self._span_snapshot(entity, fs, raw, st, scan.spans)
         return self._record_snapshot(entity)
 
     def _span_snapshot(

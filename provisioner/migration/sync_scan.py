@@ -8,7 +8,10 @@ only the members whose hash changed are parsed. Keys and placements are those th
 reader gives (aeims/shapes.py: the id field, else the member key; the wrapper, the member key and
 its position), which tests/test_migration_sync.py checks on the real files. Anything else
 (compact files, lists, both operator files, a file with duplicate keys or whose rewrite a crash
-cut short) is read through the layer's reader and its parsed records are hashed.
+cut short) is read through the layer's reader and its parsed records are hashed. The syncer
+keeps the last scan of such a file (its bytes too, up to KEEP_BYTES_MAX): the next scan finds
+where the bytes changed by comparing them, takes the members around the change from the last
+scan and scans and hashes only the changed stretch (`scan_spans_since`).
 """
 
 from __future__ import annotations
@@ -73,6 +76,156 @@ def eligible_for_spans(fs: FileSpec) -> bool:
 def scan_spans(raw: bytes, fs: FileSpec) -> list[Span] | None:
     """The wrapper's members with the hash of each one's bytes; None when the file is not a
     pretty-printed object this scan can read exactly (then the layer's reader is used)."""
+    scanned = _full_scan(raw, fs)
+    return None if scanned is None else scanned.spans
+
+
+@dataclass(slots=True)
+class Scan:
+    """One scan of a file: its bytes and spans, and where the wrapper's members begin (the
+    newline before the first) and where the wrapper closes, for the next scan to start from."""
+
+    raw: bytes
+    spans: list[Span]
+    indent: int
+    first: int
+    closed: int
+
+
+# A file up to this size keeps its bytes (in the syncer, until the next pass) so that the next
+# scan compares them rather than scanning the file again.
+KEEP_BYTES_MAX = 256 << 20
+_BLOCK = 1 << 16
+
+
+def scan_spans_since(raw: bytes, fs: FileSpec, last: Scan | None) -> Scan | None:
+    """scan_spans, given the last scan of the same file: when only bytes between two members
+    of the wrapper changed (PHP rewriting a few records in place), the members before and
+    after the change are taken from the last scan (those after it moved by the change in
+    size) and only the changed stretch is scanned and hashed. Exactly the spans scan_spans
+    gives (tests/test_migration_sync_scan.py); None as it gives None."""
+    if last is not None and last.spans:
+        found = _rescan(raw, fs, last)
+        if found is not None:
+            return found
+    return _full_scan(raw, fs)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """How many leading bytes `a` and `b` share (compared a block at a time, in C)."""
+    limit = min(len(a), len(b))
+    at = 0
+    while at < limit and a[at : at + _BLOCK] == b[at : at + _BLOCK]:
+        at += _BLOCK
+    if at >= limit:
+        return limit
+    block_a, block_b = a[at : at + _BLOCK], b[at : at + _BLOCK]
+    low, high = 0, min(len(block_a), len(block_b))
+    while low < high:  # the first differing byte of the block
+        middle = (low + high + 1) // 2
+        if block_a[:middle] == block_b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return at + low
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    """How many trailing bytes `a` and `b` share, at most `limit`."""
+    size_a, size_b = len(a), len(b)
+    at = 0
+    while at < limit:
+        step = min(_BLOCK, limit - at)
+        if a[size_a - at - step : size_a - at] != b[size_b - at - step : size_b - at]:
+            break
+        at += step
+    else:
+        return limit
+    step = min(_BLOCK, limit - at)
+    block_a = a[size_a - at - step : size_a - at]
+    block_b = b[size_b - at - step : size_b - at]
+    low, high = 0, step
+    while low < high:  # the longest common tail of the block
+        middle = (low + high + 1) // 2
+        if block_a[step - middle :] == block_b[step - middle :]:
+            low = middle
+        else:
+            high = middle - 1
+    return at + low
+
+
+def _rescan(raw: bytes, fs: FileSpec, last: Scan) -> Scan | None:
+    """The incremental scan (see scan_spans_since); None when the change is not strictly
+    between the wrapper's first member and its end (the full scan then decides)."""
+    old = last.raw
+    if raw is old or raw == old:
+        return Scan(raw, last.spans, last.indent, last.first, last.closed)
+    prefix = _common_prefix(old, raw)
+    suffix = _common_suffix(old, raw, min(len(old), len(raw)) - prefix)
+    delta = len(raw) - len(old)
+    indent = last.indent
+    skip = 1 + 2 * indent
+    margin = skip + 2
+    changed_end = len(old) - suffix  # in the old bytes
+    if prefix <= last.first + margin or changed_end + margin >= last.closed:
+        return None
+    spans = last.spans
+    count = len(spans)
+    starts = [span.start - skip for span in spans]  # each member's newline
+
+    def stretch_end(index: int) -> int:
+        """Where a member's stretch (its newline up to the next member's) ends."""
+        return starts[index + 1] if index + 1 < count else last.closed
+
+    # The members before the change, clear of it, then those up to the first one after it.
+    before = 0
+    while before < count and stretch_end(before) + margin <= prefix:
+        before += 1
+    if before == count:
+        return None
+    after = before
+    while after < count and starts[after] < changed_end + margin:
+        after += 1
+    window_start = starts[before]
+    window_end = (starts[after] if after < count else last.closed) + delta
+    if _member_pattern(indent, 1).search(raw, window_start, window_end) is not None:
+        return None  # a top-level member appeared: the full scan reads the file's shape
+    inner = list(_member_pattern(indent, 2).finditer(raw, window_start, window_end))
+    if not inner and before == 0 and after == count:
+        return None
+    view = memoryview(raw)
+    blake = hashlib.blake2b
+    fresh = []
+    ends = [m.start() for m in inner[1:]]
+    ends.append(window_end)
+    for offset, (match, end) in enumerate(zip(inner, ends, strict=True)):
+        start = match.start() + skip
+        if raw[end - 1] == 44:  # the comma before the next member
+            end -= 1
+        digest = blake(view[start:end], digest_size=16).hexdigest()
+        fresh.append(Span(match.group(1), start, end, digest, before + offset))
+    moved = before + len(fresh) - after
+    tail = spans[after:]
+    if delta or moved:
+        tail = [
+            Span(
+                span.member,
+                span.start + delta,
+                span.end + delta,
+                span.digest,
+                span.position + moved,
+            )
+            for span in tail
+        ]
+    result = spans[:before] + fresh + tail
+    members = [span.member for span in result]
+    if len(set(members)) != len(members):
+        return None  # duplicate keys: the full scan says so
+    return Scan(raw, result, indent, last.first, last.closed + delta)
+
+
+def _full_scan(raw: bytes, fs: FileSpec) -> Scan | None:
+    """scan_spans, keeping what a later scan_spans_since starts from."""
     head = re.match(rb"\{\n( +)\"", raw)
     if head is None or not raw.rstrip().endswith(b"\n}"):
         return None  # not pretty-printed, or not whole (a writer that takes no lock)
@@ -86,7 +239,7 @@ def scan_spans(raw: bytes, fs: FileSpec) -> list[Span] | None:
     opened = top[at].end()
     value = raw[opened : opened + 3].lstrip(b" ")
     if value.startswith((b"{}", b"[]")):
-        return []
+        return Scan(raw, [], indent, 0, 0)
     if not value.startswith(b"{"):
         return None  # a list wrapper: the layer's reader
     region_end = top[at + 1].start() if at + 1 < len(top) else len(raw)
@@ -109,7 +262,7 @@ def scan_spans(raw: bytes, fs: FileSpec) -> list[Span] | None:
             end -= 1
         digest = blake(view[start:end], digest_size=16).hexdigest()
         spans.append(Span(member, start, end, digest, position))
-    return spans
+    return Scan(raw, spans, indent, inner[0].start(), closed)
 
 
 def record_of_span(raw: bytes, span: Span, fs: FileSpec, entity: str) -> StoredRecord | None:

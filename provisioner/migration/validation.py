@@ -18,11 +18,13 @@ How it compares, per entity (one at a time, so memory follows the biggest JSON f
 the PostgreSQL table):
 1. the JSON records are read through the data layer's store and hashed with the layer's own
    content hash (plaintext passwords left out);
-2. PostgreSQL is streamed in key order through a server-side cursor, in one REPEATABLE READ,
-   READ ONLY transaction, each row giving its key, its content hash, and whether its stored
-   columns still have the digest they had when a validation (or the backfill) last proved the
-   row (`migration_row_digests`): a row changed in any way since, even by hand in SQL, is not
-   trusted on its hash; memberships are streamed the same way and compared as sets;
+2. in one REPEATABLE READ, READ ONLY transaction, the JSON hashes are COPYed into a
+   temporary table and PostgreSQL names the keys whose row is missing, absent from JSON, has
+   another content hash, or no longer has the digest it had when a validation (or the
+   backfill) last proved it (`migration_row_digests`): a row changed in any way since, even
+   by hand in SQL, is not trusted on its hash (`validation_hashes.py`; keys COPY cannot carry
+   as they are go the old way: every row streamed in key order through a server-side cursor
+   and compared here); memberships are streamed and compared as sets;
 3. every key that differs, is missing on one side, or is not proved is re-read on both sides
    and compared field by field (the row rebuilt through the layer's `to_record`; timestamps as
    instants, types otherwise exact). Rows found equal get their digest recorded;
@@ -66,6 +68,7 @@ from provisioner.migration.storage_bridge import (
     RecordMappingError,
     forget_entity_files,
     from_record,
+    gc_paused,
     json_records,
     record_hash,
     to_record,
@@ -76,6 +79,11 @@ from provisioner.migration.validation_compare import (
     Mismatch,
     membership_text,
     record_mismatches,
+)
+from provisioner.migration.validation_hashes import (
+    HASH_STAGE_SQL,
+    compare_hashes_in_sql,
+    hashes_copy_text,
 )
 from provisioner.migration.validation_refs import (
     REFERENCES,
@@ -233,8 +241,11 @@ def validate(
     with connection(target, "validate") as conn:
         require_tables(conn, "run `provision migrate backfill` (it applies the schema) first")
         run = _Run(conn, store, report, waits, batch_size)
-        for entity in wanted:
-            run.entity(entity)
+        # The passes make millions of short-lived objects beside the parsed files' millions,
+        # none in cycles: the cyclic collector would walk them all, over and over.
+        with gc_paused():
+            for entity in wanted:
+                run.entity(entity)
         run.finish()
         report.finished_at = datetime.now(UTC)
         report.seconds = time.perf_counter() - started
@@ -264,6 +275,7 @@ class _Run:
         self.digests: list[tuple[str, str, str, str]] = []
         self.pending_keys: dict[str, dict[str, list[Mismatch]]] = {}
         self.pending_orphans: dict[Reference, tuple[set[tuple[str, str]], set]] = {}
+        self.hash_stage = False  # whether this connection has the hashes' staging table
 
     # -- one entity ---------------------------------------------------------------------
 
@@ -294,7 +306,8 @@ class _Run:
             self.targets[entity] = target_values(entity, records)
         references = [r for r in REFERENCES if r.child == entity and r.target in self.targets]
         json_side = {
-            ref: json_orphans(ref, records, self.targets[ref.target]) for ref in references
+            ref: json_orphans(ref, records, self.targets[ref.target], derived=expected)
+            for ref in references
         }
         del records
         candidates, pg_side = self._scan(entity, json_hashes, expected, references, check)
@@ -365,19 +378,27 @@ class _Run:
         candidates: set[str] = set()
         statements = entity_sql(entity)
         conn = self.conn
+        copied = hashes_copy_text(json_hashes)
+        if copied is not None and not self.hash_stage:
+            with conn.transaction():
+                conn.execute(HASH_STAGE_SQL)
+            self.hash_stage = True
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(SESSION_SETTINGS)
-            with conn.cursor(name=f"validate_{uuid.uuid4().hex[:12]}") as cur:
-                cur.itersize = self.batch_size
-                cur.execute(statements.scan_hashes)
-                pop = json_hashes.pop
-                rows = 0
-                for key, stored_hash, proved in cur:
-                    rows += 1
-                    if pop(key, None) != stored_hash or not proved:
-                        candidates.add(key)
-                check.pg_records = rows
+            if copied is not None:
+                candidates.update(compare_hashes_in_sql(conn, entity, copied, json_hashes, check))
+            else:
+                with conn.cursor(name=f"validate_{uuid.uuid4().hex[:12]}") as cur:
+                    cur.itersize = self.batch_size
+                    cur.execute(statements.scan_hashes)
+                    pop = json_hashes.pop
+                    rows = 0
+                    for key, stored_hash, proved in cur:
+                        rows += 1
+                        if pop(key, None) != stored_hash or not proved:
+                            candidates.add(key)
+                    check.pg_records = rows
             candidates.update(json_hashes)
             mapping = ENTITY_MAPS[entity]
             if mapping.memberships is not None:

@@ -79,11 +79,22 @@ def _column_value(data: Any, path: tuple[str, ...]) -> str | None:
 
 
 def json_orphans(
-    ref: Reference, records: Iterable[StoredRecord], targets: set[str]
+    ref: Reference,
+    records: Iterable[StoredRecord],
+    targets: set[str],
+    *,
+    derived: dict[str, set[tuple[Any, ...]]] | None = None,
 ) -> set[tuple[str, str]]:
-    """(child key, named value) of the JSON references that resolve to nothing."""
+    """(child key, named value) of the JSON references that resolve to nothing. `derived`:
+    the membership rows of `records` by key (those with any), when already derived."""
     mapping = ENTITY_MAPS[ref.child]
     found: set[tuple[str, str]] = set()
+    if ref.membership and derived is not None:
+        for key, rows in derived.items():
+            for row in rows:
+                if row[1] not in targets:
+                    found.add((key, row[1]))
+        return found
     if ref.membership:
         assert mapping.memberships is not None
         derive = mapping.memberships.derive

@@ -157,9 +157,6 @@ def _numeric(precision: int, scale: int, back: str) -> ColumnType:
     return ColumnType(f"numeric({precision},{scale})", to_db, from_db, to_json=str)
 
 
-_NAIVE_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
-
-
 def _timestamp(fmt: TimestampFormat) -> ColumnType:
     """timestamptz read from any of the five AEIMS forms (naive taken as UTC), written back in
     `fmt`, the form most records of that field use; the others come back from extra.__orig__."""
@@ -167,9 +164,11 @@ def _timestamp(fmt: TimestampFormat) -> ColumnType:
     def to_db(value: Any) -> datetime | None:
         if value is None:
             return None
-        if type(value) is str and _NAIVE_TIME.fullmatch(value):
-            # The commonest form, parsed in C (parse_timestamp's strptime costs the hot path).
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        if type(value) is str:
+            # The common forms parsed in C (parse_timestamp's strptime costs the hot path).
+            spelled = _common_timestamp(value)
+            if spelled is not None:
+                return spelled[0]
         return parse_timestamp(value)
 
     def from_db(value: datetime | None) -> str | int | None:
@@ -177,9 +176,20 @@ def _timestamp(fmt: TimestampFormat) -> ColumnType:
 
     # Keyed by type too, so that 1 and True (equal, same hash) are never confused.
     @functools.lru_cache(maxsize=4096, typed=True)
-    def convert_scalar(value: str | int) -> tuple[datetime | None, bool]:
+    def cached_scalar(value: str | int) -> tuple[datetime | None, bool]:
         stored = to_db(value)
         return stored, json_equal(from_db(stored), value)
+
+    def convert_scalar(value: str | int) -> tuple[datetime | None, bool]:
+        # Most values are unique to the second, so the cache misses: the three common
+        # spellings are parsed in C, and their round trip is exact exactly when the spelling
+        # is the one this column writes back (what from_db would have said).
+        if type(value) is str:
+            spelled = _common_timestamp(value)
+            if spelled is not None:
+                stored, spelling = spelled
+                return stored, spelling is fmt
+        return cached_scalar(value)
 
     return ColumnType(
         "timestamp with time zone",
@@ -188,6 +198,32 @@ def _timestamp(fmt: TimestampFormat) -> ColumnType:
         convert_scalar=convert_scalar,
         to_json=datetime.isoformat,
     )
+
+
+_COMMON_TIMESTAMPS = (
+    (re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"), TimestampFormat.NAIVE),
+    (
+        re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\+00:00"),
+        TimestampFormat.ISO_OFFSET,
+    ),
+    (re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"), TimestampFormat.ISO_Z),
+)
+
+
+def _common_timestamp(value: str) -> tuple[datetime, TimestampFormat] | None:
+    """(instant, spelling) of a timestamp in one of the three common spellings, to the second
+    (naive taken as UTC, as to_db takes it), which format_as writes back character for
+    character in that spelling; None for anything else (the generic path decides)."""
+    for pattern, spelling in _COMMON_TIMESTAMPS:
+        if pattern.fullmatch(value):
+            try:
+                if spelling is TimestampFormat.ISO_OFFSET:
+                    return datetime.fromisoformat(value), spelling
+                clock = value[:-1] if spelling is TimestampFormat.ISO_Z else value
+                return datetime.fromisoformat(clock).replace(tzinfo=UTC), spelling
+            except ValueError:
+                return None  # out of range: the generic path gives its own error
+    return None
 
 
 def _text_array_to_db(value: Any) -> list[str] | None:
