@@ -36,7 +36,6 @@ from provisioner.storage.passwords import hash_password
 from provisioner.storage.pg import records as pg_records
 
 TESTS = Path(__file__).resolve().parent
-SECURITY_MANAGER = TESTS / "php" / "security_manager.php"
 PROVISION = str(Path(sys.executable).parent / "provision")
 WORKER_RETRY_SECONDS = 0.5
 WORKER_CONNECT_TIMEOUT = 1.0
@@ -222,79 +221,10 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ the PHP writer
-# One write per loop turn, round robin: a new message, a new customer, a credits top-up of one
-# of its own customers; each a read under LOCK_SH, then a separate in-place write under
-# LOCK_EX (safeJSONRead / safeFileWrite). Pausing: the drill writes a number into `pause`; the
-# writer, between two writes, answers with the same number in `paused` and writes nothing
-# until `pause` is gone. Each write safeFileWrite acknowledged is printed as one JSON line.
-PHP_WRITER = r"""
-[$_, $securityManager, $root, $name, $intervalUs, $control] = $argv;
-require $securityManager;
-$messagesPath = "$root/data/messages.json";
-$customersPath = "$root/data/customers.json";
-$i = 0;
-while (!file_exists("$control/stop")) {
-    clearstatcache();
-    if (file_exists("$control/pause")) {
-        file_put_contents("$control/paused.tmp", file_get_contents("$control/pause"));
-        rename("$control/paused.tmp", "$control/paused");
-        usleep(20000);
-        continue;
-    }
-    $kind = ['message', 'customer', 'credits'][$i % 3];
-    if ($kind === 'message') {
-        $data = safeJSONRead($messagesPath) ?? ['messages' => []];
-        $id = "msg_{$name}_$i";
-        $data['messages'][$id] = [
-            'message_id' => $id,
-            'conversation_id' => "conv_$name",
-            'sender_type' => 'customer',
-            'sender_id' => "cust_{$name}_0",
-            'content' => "$name says $i",
-            'content_type' => 'text',
-            'sent_at' => date('Y-m-d H:i:s'),
-        ];
-        $data['last_updated'] = date('Y-m-d H:i:s');
-        $flags = JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE;
-        $ok = safeFileWrite($messagesPath, json_encode($data, $flags));
-        $ack = ['kind' => 'message', 'id' => $id, 'content' => "$name says $i"];
-    } elseif ($kind === 'customer') {
-        $data = safeJSONRead($customersPath) ?? ['customers' => []];
-        $id = "cust_{$name}_new$i";
-        $data['customers'][$id] = [
-            'customer_id' => $id,
-            'username' => "{$name}_new$i",
-            'email' => "{$name}_new$i@example.test",
-            'password_hash' => '$2y$04$fixturefixturefixturefixtureOwZ6Eo8ne6lVtmrd6m3b3iZ2C',
-            'site_domain' => 'alpha.example.test',
-            'active' => true,
-            'created_at' => date('Y-m-d H:i:s'),
-            'billing' => ['credits' => $i, 'total_spent' => 0],
-        ];
-        $data['last_updated'] = date('Y-m-d H:i:s');
-        $ok = safeFileWrite($customersPath, json_encode($data, JSON_PRETTY_PRINT));
-        $ack = ['kind' => 'customer', 'id' => $id, 'credits' => $i];
-    } else {
-        $data = safeJSONRead($customersPath);
-        $id = "cust_{$name}_" . ($i % 2);
-        if ($data === null || !isset($data['customers'][$id])) {
-            fwrite(STDERR, "no customer $id to credit\n");
-            exit(1);
-        }
-        $credits = $data['customers'][$id]['billing']['credits'] + 1;
-        $data['customers'][$id]['billing']['credits'] = $credits;
-        $data['last_updated'] = date('Y-m-d H:i:s');
-        $ok = safeFileWrite($customersPath, json_encode($data, JSON_PRETTY_PRINT));
-        $ack = ['kind' => 'credits', 'id' => $id, 'credits' => $credits];
-    }
-    if ($ok) {
-        echo json_encode($ack), "\n";
-        fflush(STDOUT);
-    }
-    $i++;
-    usleep((int) $intervalUs);
-}
-"""
+# tests/php/drill_writer.php: one write per turn (the three writes of tests/php/writes.php, as
+# the PHP application makes them under SecurityManager's locks) until told to stop, pausing on
+# request between two writes.
+DRILL_WRITER = TESTS / "php" / "drill_writer.php"
 
 
 class PhpWriter:
@@ -307,8 +237,8 @@ class PhpWriter:
         self.control.mkdir()
         self.out_path = workdir / f"{name}.out"
         self.err_path = workdir / f"{name}.err"
-        self.argv = [php, "-r", PHP_WRITER, "--", str(SECURITY_MANAGER), str(root), name,
-                     str(round(interval * 1_000_000)), str(self.control)]  # fmt: skip
+        interval_us = str(round(interval * 1_000_000))
+        self.argv = [php, str(DRILL_WRITER), str(root), name, interval_us, str(self.control)]
         self.proc: subprocess.Popen[bytes] | None = None
         self._generation = 0
 

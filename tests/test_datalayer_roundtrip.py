@@ -27,7 +27,12 @@ import pytest
 from provisioner.storage import jsonvalues
 from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.layer.phase import Phase
-from provisioner.storage.model import CREDENTIAL_DOC_KEYS, ENTITIES, PLAINTEXT_PASSWORD_FIELDS
+from provisioner.storage.model import (
+    CREDENTIAL_DOC_KEYS,
+    ENTITIES,
+    PLAINTEXT_PASSWORD_FIELDS,
+    strip_plaintext,
+)
 from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import FIXTURE_AEIMS, SHARED_AEIMS, copy_root, layer_in, migrate
 
@@ -46,17 +51,6 @@ def source(request: pytest.FixtureRequest) -> Path:
 def dsn(fresh_pg_dsn: str) -> str:
     migrate(fresh_pg_dsn)
     return fresh_pg_dsn
-
-
-def without_plaintext(value: Any) -> Any:
-    """`value` with plaintext password fields removed at any depth."""
-    if isinstance(value, dict):
-        return {
-            k: without_plaintext(v) for k, v in value.items() if k not in PLAINTEXT_PASSWORD_FIELDS
-        }
-    if isinstance(value, list):
-        return [without_plaintext(v) for v in value]
-    return value
 
 
 def plaintext_fields(value: Any) -> int:
@@ -121,7 +115,7 @@ def test_every_file_comes_back_through_postgresql(source: Path, tmp_path: Path, 
         if relpath.name != "test_operator_credentials.json":
             plaintexts += plaintext_fields(want)
             assert plaintext_fields(got) == 0, relpath
-            want = without_plaintext(want)
+            want = strip_plaintext(want)
         if isinstance(want, dict) and "last_updated" in want:
             assert same_format(want.pop("last_updated"), got.pop("last_updated")), relpath
         if isinstance(want, dict):

@@ -287,3 +287,17 @@ def test_a_run_killed_inside_the_backfill_resumes_or_rolls_back(
         with psycopg.connect(fresh_pg_dsn) as conn:
             assert conn.execute("SELECT to_regclass('customers')").fetchone() == (None,)
     assert files_of(root) == before
+
+
+def test_an_unarchive_undone_later_puts_the_archive_back_byte_for_byte(tmp_path: Path) -> None:
+    from provisioner.migration import archive
+
+    data_dir = copy_root(FIXTURE_AEIMS, tmp_path / "aeims")
+    made = archive.archive(data_dir, created_at="2026-01-02T03:04:05+00:00")
+    folder = data_dir / made["folder"]
+    before = {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    taken_apart = archive.unarchive(data_dir)
+    assert not folder.exists()
+    # Put back, as an undone leave does, at another moment than the archive was made.
+    archive.archive(data_dir, data_dir / taken_apart["folder"], taken_apart["created_at"])
+    assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before

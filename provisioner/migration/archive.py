@@ -64,15 +64,20 @@ def new_folder(data_dir: Path, day: datetime | None = None) -> Path:
     return folder
 
 
-def archive(data_dir: Path, folder: Path | None = None) -> dict[str, Any]:
-    """Move the JSON files into a new archive folder; what was archived (relative paths)."""
+def archive(
+    data_dir: Path, folder: Path | None = None, created_at: str | None = None
+) -> dict[str, Any]:
+    """Move the JSON files into a new archive folder; what was archived (relative paths).
+
+    `created_at`: the manifest's date when an undone unarchive puts back the archive it took
+    apart, so the archive comes back byte for byte."""
     state = archive_state(data_dir)
     if state is not None:
         folder = data_dir / state["folder"]
     folder = folder or new_folder(data_dir)
     rel_folder = str(folder.relative_to(data_dir))
     present = [p for p in data_files(data_dir) if p.exists() and not p.is_symlink()]
-    manifest = _read_manifest(folder) if (folder / MANIFEST).exists() else None
+    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else None
     if manifest is None:
         entries = [
             {
@@ -83,7 +88,8 @@ def archive(data_dir: Path, folder: Path | None = None) -> dict[str, Any]:
             }
             for p in present
         ]
-        manifest = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "files": entries}
+        made = created_at or datetime.now(UTC).isoformat(timespec="seconds")
+        manifest = {"created_at": made, "files": entries}
         private_dir(state_dir(data_dir))
         write_atomically(
             state_path(data_dir), json.dumps({"folder": rel_folder}) + "\n", mode=0o600
@@ -109,8 +115,9 @@ def unarchive(data_dir: Path, folder: Path | None = None) -> dict[str, Any]:
     if not (folder / MANIFEST).exists():
         _forget(data_dir, folder)
         return {"folder": str(folder.relative_to(data_dir)), "files": []}
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     entries = manifest["files"]
+    created_at = manifest.get("created_at")
     for entry in entries:  # check everything before moving anything
         source, dest = folder / entry["path"], data_dir / entry["path"]
         if source.exists():
@@ -138,10 +145,11 @@ def unarchive(data_dir: Path, folder: Path | None = None) -> dict[str, Any]:
                 f"manifest's {entry['sha256'][:12]}…"
             )
     _forget(data_dir, folder)
-    return {"folder": str(folder.relative_to(data_dir)), "files": [e["path"] for e in entries]}
+    rel_folder = str(folder.relative_to(data_dir))
+    return {"folder": rel_folder, "files": [e["path"] for e in entries], "created_at": created_at}
 
 
-def _read_manifest(folder: Path) -> dict[str, Any]:
+def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
@@ -196,4 +204,4 @@ def archived_paths(data_dir: Path) -> list[str]:
     folder = data_dir / state["folder"]
     if not (folder / MANIFEST).exists():
         return []
-    return [entry["path"] for entry in _read_manifest(folder)["files"]]
+    return [entry["path"] for entry in read_manifest(folder)["files"]]

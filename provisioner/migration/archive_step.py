@@ -5,6 +5,7 @@ them back byte for byte. Neither needs the database.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from provisioner.engine.step import RunContext, Undo
@@ -43,6 +44,22 @@ class ArchiveStep(StageStep):
     def undo_enter(self, ctx: RunContext, undo: Undo) -> None:
         archive.unarchive(self.data_dir)
 
+    def before_state(self, ctx: RunContext, now: Stage) -> dict[str, Any]:
+        """Leaving: the archive taken apart (its folder and manifest date), so that undoing a
+        leave cut short puts it back as it was."""
+        before = super().before_state(ctx, now)
+        state = archive.archive_state(self.data_dir)
+        if self.advancing or state is None:
+            return before
+        folder = self.data_dir / state["folder"]
+        created_at = None
+        if (folder / archive.MANIFEST).exists():
+            with contextlib.suppress(archive.ArchiveError):  # leave() will say what is wrong
+                created_at = archive.read_manifest(folder).get("created_at")
+        return {**before, "folder": state["folder"], "created_at": created_at}
+
     def undo_leave(self, ctx: RunContext, undo: Undo) -> None:
         folder = undo.get("folder")
-        archive.archive(self.data_dir, self.data_dir / folder if folder else None)
+        archive.archive(
+            self.data_dir, self.data_dir / folder if folder else None, undo.get("created_at")
+        )

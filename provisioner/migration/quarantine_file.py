@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from provisioner.migration.storage_bridge import PLAINTEXT_PASSWORD_FIELDS
+from provisioner.migration.storage_bridge import strip_plaintext
 
 QUARANTINE_NAME = "backfill-quarantine.jsonl"
 
@@ -23,17 +23,6 @@ QUARANTINE_NAME = "backfill-quarantine.jsonl"
 def default_quarantine_path(data_dir: Path) -> Path:
     """`<data_dir>/.provision/backfill-quarantine.jsonl`, beside the layer's own state."""
     return data_dir / ".provision" / QUARANTINE_NAME
-
-
-def without_plaintext(value: Any) -> Any:
-    """A copy of a JSON value with plaintext password fields removed at any depth."""
-    if isinstance(value, dict):
-        return {
-            k: without_plaintext(v) for k, v in value.items() if k not in PLAINTEXT_PASSWORD_FIELDS
-        }
-    if isinstance(value, list):
-        return [without_plaintext(v) for v in value]
-    return value
 
 
 def _spellable(value: Any) -> Any:
@@ -51,7 +40,7 @@ def _spellable(value: Any) -> Any:
 
 def quarantine_line(entity: str, key: Any, reason: str, record: Any) -> str:
     """One line of the quarantine file (no plaintext password in it)."""
-    entry = {"entity": entity, "key": key, "reason": reason, "record": without_plaintext(record)}
+    entry = {"entity": entity, "key": key, "reason": reason, "record": strip_plaintext(record)}
     try:
         return json.dumps(entry, ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner.fsutil import append_durably, private_dir
+from provisioner.migration.sync_state import data_root
 
 if TYPE_CHECKING:
     from provisioner.config import Settings
@@ -285,18 +286,10 @@ def enable_shadow_reads(layer: Any, fraction: float = DEFAULT_FRACTION, **kwargs
     return observer
 
 
-def _root(where: Path | str | Settings) -> Path:
-    if isinstance(where, Path | str):
-        return Path(where)
-    if where.data_dir is None:
-        raise ValueError("no AEIMS data folder configured: set PROVISION_DATA_DIR")
-    return where.data_dir
-
-
 def shadow_differences(where: Path | str | Settings, recent: int = 5) -> dict[str, Any]:
     """Recorded differences: total, per entity, and the latest few (entity, key, fields)."""
     try:
-        raw = _log_path(_root(where)).read_bytes()
+        raw = _log_path(data_root(where)).read_bytes()
     except FileNotFoundError:
         raw = b""
     items = []

@@ -19,7 +19,12 @@ from typing import Any
 from provisioner.storage.aeims.catalog import CATALOG, NOT_ENTITY_FILES
 from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.jsonvalues import json_equal
-from provisioner.storage.model import ENTITIES, PLAINTEXT_PASSWORD_FIELDS, StoredRecord
+from provisioner.storage.model import (
+    ENTITIES,
+    PLAINTEXT_PASSWORD_FIELDS,
+    StoredRecord,
+    strip_plaintext,
+)
 from provisioner.storage.pg import columns as pg_columns
 from provisioner.storage.pg import rows as pg_rows
 from provisioner.storage.pg.columns import ORDER_KEY, RecordMappingError
@@ -62,6 +67,7 @@ __all__ = [
     "parse_timestamp",
     "pending_migrations",
     "record_hash",
+    "strip_plaintext",
     "to_record",
 ]
 

@@ -224,7 +224,7 @@ def write_status(data_dir: Path, status: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _root(where: Path | str | Settings) -> Path:
+def data_root(where: Path | str | Settings) -> Path:
     """The data folder, from a path or from Settings."""
     if isinstance(where, Path | str):
         return Path(where)
@@ -245,7 +245,7 @@ class LastOutsideWrite(NamedTuple):
 
 def outside_writes(where: Path | str | Settings) -> list[OutsideWrite]:
     """Every outside write still in the log, oldest first."""
-    return read_outside_writes(_root(where))
+    return read_outside_writes(data_root(where))
 
 
 def last_outside_write(where: Path | str | Settings) -> LastOutsideWrite | None:
@@ -253,7 +253,7 @@ def last_outside_write(where: Path | str | Settings) -> LastOutsideWrite | None:
 
     For the gate of `advance --to pg_only`: refuse while it is within the quiet period.
     """
-    root = _root(where)
+    root = data_root(where)
     latest = read_status(root).get("last_outside_write")
     if not latest:
         logged = read_outside_writes(root)
@@ -299,7 +299,7 @@ class SyncProgress:
 def sync_progress(where: Path | str | Settings) -> SyncProgress:
     """The latest outside write and the latest clean pass (for the gates); readable with
     PostgreSQL down."""
-    root = _root(where)
+    root = data_root(where)
     status = read_status(root)
     latest = status.get("last_outside_write") or {}
     clean = status.get("clean_pass") or {}
@@ -326,7 +326,7 @@ def sync_status(where: Path | str | Settings) -> dict[str, Any]:
     """For `migrate status`: whether the sync has run, its lag, the last pass, the last outside
     write. `lag_seconds` is now minus the oldest write not synced yet (0 when caught up; None
     before any pass); `last_lag_seconds` what the last pass measured."""
-    root = _root(where).absolute()
+    root = data_root(where).absolute()
     status = read_status(root)
     if not status:
         return {

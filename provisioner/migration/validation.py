@@ -58,7 +58,6 @@ from provisioner.migration.backfill import (
     open_store,
     require_tables,
 )
-from provisioner.migration.quarantine_file import without_plaintext
 from provisioner.migration.staging import DIGESTS_TABLE, SESSION_SETTINGS, entity_sql
 from provisioner.migration.storage_bridge import (
     ENTITIES,
@@ -71,6 +70,7 @@ from provisioner.migration.storage_bridge import (
     gc_paused,
     json_records,
     record_hash,
+    strip_plaintext,
     to_record,
 )
 from provisioner.migration.validation_compare import (
@@ -491,7 +491,7 @@ class _Run:
         check.rebuilt += 1
         content_hash, digest = row[-2], row[-1]
         stored = to_record(entity, row[:-2])
-        out = record_mismatches(entity, key, without_plaintext(record.data), stored.data)
+        out = record_mismatches(entity, key, strip_plaintext(record.data), stored.data)
         mm = ENTITY_MAPS[entity].memberships
         if mm is not None:
             wanted = {r[1]: tuple(r) for r in mm.derive(key, record.data)}

@@ -58,16 +58,15 @@ class StoredRecord:
 
     def without_plaintext(self) -> StoredRecord:
         """The record as it may enter PostgreSQL: plaintext test passwords removed at any depth."""
-        return StoredRecord(
-            self.entity, self.key, _strip_plaintext(self.data), dict(self.placement)
-        )
+        return StoredRecord(self.entity, self.key, strip_plaintext(self.data), dict(self.placement))
 
 
-def _strip_plaintext(value: Any) -> Any:
+def strip_plaintext(value: Any) -> Any:
+    """A copy of a JSON value with the plaintext password fields removed at any depth."""
     if isinstance(value, dict):
         return {
-            k: _strip_plaintext(v) for k, v in value.items() if k not in PLAINTEXT_PASSWORD_FIELDS
+            k: strip_plaintext(v) for k, v in value.items() if k not in PLAINTEXT_PASSWORD_FIELDS
         }
     if isinstance(value, list):
-        return [_strip_plaintext(v) for v in value]
+        return [strip_plaintext(v) for v in value]
     return value

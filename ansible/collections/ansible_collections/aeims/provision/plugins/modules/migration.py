@@ -110,12 +110,11 @@ run:
   type: dict
 """
 
-import json  # noqa: E402
-import re  # noqa: E402
-
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-
-SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|DSN|KEY", re.I)
+from ansible_collections.aeims.provision.plugins.module_utils.provision import (  # noqa: E402
+    Provision,
+    ProvisionError,
+)
 
 STAGES = [
     "json_only",
@@ -128,40 +127,6 @@ STAGES = [
     "archived",
 ]
 GATE = STAGES.index("validated")
-
-
-def secret_masked_env(module):
-    """The tool's environment as strings; the values of secret-named variables join the
-    module's no_log values, so Ansible masks them wherever they would appear."""
-    env = {str(k): str(v) for k, v in (module.params["env"] or {}).items()}
-    for key, value in env.items():
-        if SECRET_NAME.search(key) and value:
-            module.no_log_values.add(value)
-    return env
-
-
-class ProvisionError(Exception):
-    def __init__(self, payload):
-        super().__init__(payload.get("msg"))
-        self.payload = payload
-
-
-def call(module, binary, env, *args, ok=(0,)):
-    """`provision ARGS --json` as an argv list (never through a shell); its JSON answer."""
-    rc, out, err = module.run_command(
-        [binary, *args, "--json"], environ_update=env, check_rc=False, encoding="utf-8"
-    )
-    try:
-        payload = json.loads(out) if out.strip() else None
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict):
-        said = (err or out or "").strip().splitlines()
-        payload = {"failed": True, "msg": said[-1] if said else f"exit {rc} with no output"}
-    payload["rc"] = rc
-    if rc not in ok:
-        raise ProvisionError(payload)
-    return payload
 
 
 def target_of(action, stage, phase):
@@ -190,18 +155,17 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    binary = p["provision_path"] or module.get_bin_path("provision", required=True)
-    env = secret_masked_env(module)
+    tool = Provision(module)
     result = {"changed": False, "rc": 0}
     try:
-        status = call(module, binary, env, "migrate", "status")
+        status = tool.call("migrate", "status")
         stage = status.get("stage") or "json_only"
         result.update(status=status, phase_before=stage, phase_after=stage)
         action = p["action"]
         if action == "status":
             module.exit_json(msg=f"the migration is at {stage}", **result)
         if action == "validate":
-            result["validation"] = call(module, binary, env, "migrate", "validate", ok=(0, 1))
+            result["validation"] = tool.call("migrate", "validate", expect=(0, 1))
             result["rc"] = result["validation"]["rc"]
             if result["rc"] != 0:
                 module.fail_json(msg=result["validation"].get("msg", "validation failed"), **result)
@@ -215,7 +179,7 @@ def main():
             module.fail_json(msg=f"cannot {action} from {stage} to {target}", **result)
         crosses_gate = action == "advance" and STAGES.index(stage) < GATE <= STAGES.index(target)
         if crosses_gate and p["validate_gate"]:
-            result["validation"] = call(module, binary, env, "migrate", "validate", ok=(0, 1))
+            result["validation"] = tool.call("migrate", "validate", expect=(0, 1))
             if result["validation"]["rc"] != 0:
                 result["rc"] = result["validation"]["rc"]
                 module.fail_json(
@@ -230,7 +194,7 @@ def main():
             args += ["--lock-timeout", str(p["lock_timeout"])]
         if module.check_mode:
             args.append("--plan")
-        run = call(module, binary, env, *args)
+        run = tool.call(*args)
         steps = run.get("steps", [])
         if module.check_mode:
             result["changed"] = any(s.get("status") == "planned" for s in steps)
