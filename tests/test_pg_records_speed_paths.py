@@ -430,3 +430,11 @@ def test_concurrent_batches_over_the_same_keys_do_not_deadlock(fresh_pg_dsn: str
     with psycopg.connect(fresh_pg_dsn) as check:
         assert count(check, "messages") == 10
         assert check.execute("SELECT count(*) FROM customer_sites").fetchone() == (6,)
+
+
+def test_each_entitys_sql_is_composed_once_and_reused() -> None:
+    """Composing the statements costs more than running one: every call shares them."""
+    from provisioner.storage.pg.statements import _statements
+
+    for entity in ENTITY_MAPS:
+        assert _statements(entity) is _statements(entity)

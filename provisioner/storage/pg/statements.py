@@ -58,6 +58,7 @@ def conflict_updates(m: EntityMap) -> sql.Composed:
     )
 
 
+@functools.cache
 def _statements(entity: str) -> _Statements:
     m = ENTITY_MAPS[entity]
     table, pk = sql.Identifier(m.table), sql.Identifier(m.key_column)
