@@ -5,8 +5,8 @@ removed on purpose are no drift, an operator unlinked or linked behind the tool'
 a diff. A site whose record keeps no set (made before sets were kept) is still held to the
 pool's active operators, until its first add-operators or remove-operators starts one.
 
-Known fault, outside the site steps: linking an operator found only in the agents file copies
-it into data/operators.json, and the rollback cannot take that copy back (strict xfail below).
+Linking an operator found only in the agents file keeps it there: the rollback leaves no copy
+of it in data/operators.json.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from provisioner.config import Settings
 from provisioner.site.intended_operators import FIELD
@@ -136,12 +134,6 @@ def test_a_site_without_a_kept_set_is_held_to_the_pool_until_its_operators_chang
     assert status_of_operators(env, created)["status"] == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the data layer writes an operator found only in agents/data/operators.json into "
-    "data/operators.json when it saves a link, and offers no way to drop that one copy "
-    "(provisioner/storage: set_operator_site saves without the record's placement)",
-)
 def test_rolling_back_a_link_leaves_no_copy_of_an_agents_only_operator(tmp_path: Path) -> None:
     root = copy_root(FIXTURE_AEIMS, tmp_path / "aeims")
     data_file = root / "data" / "operators.json"

@@ -195,6 +195,12 @@ class OperatorFiles:
         return copy
 
     def _upsert_operators(self, records: list[StoredRecord]) -> None:
+        known = self._index("operators").records
+        for record in records:
+            if not record.placement and record.key in known:
+                # A save that brings no placement (the layer's read-modify-write) keeps the
+                # record in the files it is in: an agents-only operator stays out of data/.
+                record.placement = clone_json(known[record.key].placement)
         data_before: dict[str, dict[str, Any]] = {}
         agents_now = {f.key: f.value for f in _scan(OPERATORS_AGENTS, self._doc(OPERATORS_AGENTS))}
         new_slots: dict[str, dict[str, Any]] = {}
