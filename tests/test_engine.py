@@ -51,6 +51,18 @@ def test_rerun_changes_nothing(backend: dict[str, Any], tmp_path: Path) -> None:
     assert (tmp_path / "w/first.html").stat().st_mtime_ns == before
 
 
+def test_runs_started_within_one_second_list_in_the_order_they_ran(
+    backend: dict[str, Any], tmp_path: Path
+) -> None:
+    started = [
+        backend["runner"]().run(pipeline(tmp_path / f"w{n}", name=f"n{n}")).run_id for n in range(4)
+    ]
+
+    listed = [record.run_id for record in backend["runner"]().journal.runs()]
+
+    assert listed[-4:] == started
+
+
 def test_failure_at_step_k_rolls_back_steps_before_it_and_keeps_what_existed(
     backend: dict[str, Any], tmp_path: Path
 ) -> None:

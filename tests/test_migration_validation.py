@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -11,7 +12,10 @@ import pytest
 
 from provisioner.migration.backfill import backfill
 from provisioner.migration.validation import last_validation, validate
+from provisioner.storage.aeims.store import AeimsJsonStore
+from provisioner.storage.layer.datalayer import write_turn
 from provisioner.storage.layer.phase import Phase
+from provisioner.storage.pg.records import upsert_record
 from tests.datalayer_support import FIXTURE_AEIMS, copy_root, layer_in
 from tests.test_migration_backfill import ROOTS, _env, provision
 
@@ -180,6 +184,36 @@ def test_a_record_written_during_the_validation_is_not_a_mismatch(
     assert writes > 3
     for report in reports:
         assert report.ok, [m.line() for m in report.mismatches]
+
+
+def test_a_write_caught_between_its_json_and_postgresql_halves_is_read_whole(
+    tmp_path: Path, fresh_pg_dsn: str
+) -> None:
+    root = _loaded(FIXTURE_AEIMS, tmp_path, fresh_pg_dsn)
+    store = AeimsJsonStore(root)
+    record = store.get("customers", "cust_alice")
+    assert record is not None
+    record.data["billing"]["credits"] = 4242
+    json_half_written = threading.Event()
+
+    def slow_dual_write() -> None:
+        with write_turn(root, "customers"):
+            store.upsert("customers", [record])
+            json_half_written.set()
+            time.sleep(0.5)
+            with psycopg.connect(fresh_pg_dsn) as conn:
+                upsert_record(conn, record)
+
+    writer = threading.Thread(target=slow_dual_write)
+    writer.start()
+    try:
+        assert json_half_written.wait(10)
+        report = validate(fresh_pg_dsn, root, recheck_waits=NO_WAIT)
+    finally:
+        writer.join()
+
+    assert report.ok, [m.line() for m in report.mismatches]
+    assert report.entities["customers"].rechecked == 1
 
 
 def test_the_result_is_stored_for_the_gate(tmp_path: Path, fresh_pg_dsn: str) -> None:

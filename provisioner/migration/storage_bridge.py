@@ -19,6 +19,7 @@ from typing import Any
 from provisioner.storage.aeims.catalog import CATALOG, NOT_ENTITY_FILES
 from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.jsonvalues import json_equal
+from provisioner.storage.layer.datalayer import write_turn
 from provisioner.storage.model import (
     ENTITIES,
     PLAINTEXT_PASSWORD_FIELDS,
@@ -69,6 +70,7 @@ __all__ = [
     "record_hash",
     "strip_plaintext",
     "to_record",
+    "write_turn",
 ]
 
 

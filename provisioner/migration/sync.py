@@ -62,7 +62,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from provisioner.fsutil import file_lock
 from provisioner.migration.sync_scan import (
     KEEP_BYTES_MAX,
     Scan,
@@ -91,7 +90,7 @@ from provisioner.migration.sync_state import (
     write_status,
 )
 from provisioner.storage.aeims.catalog import CATALOG, FileSpec
-from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.layer.datalayer import DataLayer, write_turn
 from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import ENTITIES, StoredRecord
 from provisioner.storage.pg import columns as pg_columns
@@ -418,7 +417,7 @@ class Syncer:
 
     def _turn(self, entity: str) -> Any:
         """The layer's write turn of `entity` (held across its JSON and PostgreSQL writes)."""
-        return file_lock(self.data_dir / ".provision" / "locks" / f"{entity}.lock")
+        return write_turn(self.data_dir, entity)
 
     def _sync_entity(self, entity: str, phase: Phase, report: SyncReport) -> None:
         """Diff the entity's files against the last state and apply what changed. The first

@@ -28,9 +28,10 @@ the PostgreSQL table):
 3. every key that differs, is missing on one side, or is not proved is re-read on both sides
    and compared field by field (the row rebuilt through the layer's `to_record`; timestamps as
    instants, types otherwise exact). Rows found equal get their digest recorded;
-4. a key still different is read again after a short wait, up to len(recheck_waits) times: a
-   record written while the validation ran (JSON first, PostgreSQL in the same call) is then
-   seen equal and not reported;
+4. a key still different is read again after a short wait, up to len(recheck_waits) times,
+   inside the layer's write turn of the entity (`write_turn`): a record written while the
+   validation ran (JSON first, PostgreSQL in the same turn) is then seen whole and not
+   reported, however often it is written;
 5. counts and orphan references of both sides are compared.
 
 It writes nothing but its result and the row digests; it is safe against a live installation.
@@ -44,6 +45,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +54,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from provisioner.fsutil import LockBusy
 from provisioner.migration.backfill import (
     BackfillInputError,
     connection,
@@ -72,6 +75,7 @@ from provisioner.migration.storage_bridge import (
     record_hash,
     strip_plaintext,
     to_record,
+    write_turn,
 )
 from provisioner.migration.validation_compare import (
     ABSENT,
@@ -107,6 +111,7 @@ __all__ = [
 # Seconds to wait before each re-read of keys that still differ.
 RECHECK_WAITS: tuple[float, ...] = (0.2, 0.5, 1.0)
 _FETCH_KEYS = 1000
+_TURN_SECONDS = 5.0
 _MAPPING_ERRORS = (RecordMappingError, ValueError, TypeError, RecursionError)
 PRESENT = "(present)"
 # The entities the plan's report always names.
@@ -331,7 +336,8 @@ class _Run:
             time.sleep(wait)
             for entity, found in list(self.pending_keys.items()):
                 check = self.report.entities[entity]
-                again = self._compare_keys(entity, sorted(found), check)
+                with self._write_turn(entity):
+                    again = self._compare_keys(entity, sorted(found), check)
                 check.rechecked += len(found) - len(again)
                 if again:
                     self.pending_keys[entity] = again
@@ -365,6 +371,16 @@ class _Run:
         self.report.mismatches.sort(key=lambda m: (order.get(m.entity, 99), m.key, m.field))
         for entity, check in self.report.entities.items():
             check.mismatched = len({m.key for m in self.report.mismatches if m.entity == entity})
+
+    def _write_turn(self, entity: str) -> AbstractContextManager[Any]:
+        """The layer's write turn of `entity`, so a write in flight is read whole on both
+        sides (JSON first, PostgreSQL in the same turn). A turn not given within
+        _TURN_SECONDS, or a lock file it cannot make (a read-only data folder), is read
+        without: the waits between the re-reads then let the write settle."""
+        stack = ExitStack()
+        with suppress(LockBusy, OSError):
+            stack.enter_context(write_turn(self.store.data_dir, entity, _TURN_SECONDS))
+        return stack
 
     def _scan(
         self,

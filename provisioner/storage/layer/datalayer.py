@@ -52,6 +52,16 @@ T = TypeVar("T")
 __all__ = ["AuthResult", "DataLayer", "DataUnavailable"]
 
 
+def write_turn(
+    data_dir: Path, entity: str, timeout: float | None = None
+) -> AbstractContextManager[int]:
+    """The write turn of one entity: writers in every process take turns for the JSON write
+    and the PostgreSQL write together, so PostgreSQL receives writes in JSON's order (a slow
+    writer can never put an older state over a newer one). Whoever holds it sees both sides
+    agree on every record the layer wrote (the sync and the validation take it too)."""
+    return file_lock(data_dir / ".provision" / "locks" / f"{entity}.lock", timeout=timeout)
+
+
 class DataLayer(PhpApi, WritePath, Replays):
     """The one entry point for AEIMS data. Thread-safe; one per process and data folder."""
 
@@ -284,10 +294,7 @@ class DataLayer(PhpApi, WritePath, Replays):
         return any(key is None or key in keys for keys in refused.values())
 
     def _ordered(self, entity: str, timeout: float | None = None) -> AbstractContextManager[int]:
-        """Writers of one entity, in every process, take turns for the JSON write and the
-        PostgreSQL write together, so PostgreSQL receives writes in JSON's order (a slow
-        writer can never put an older state over a newer one)."""
-        return file_lock(self._locks_dir / f"{entity}.lock", timeout=timeout)
+        return write_turn(self.data_dir, entity, timeout)
 
     def _record_turn(self, entity: str, key: str) -> AbstractContextManager[int]:
         """Read-modify-writes of one record, in every process and thread, take turns, so two
