@@ -15,14 +15,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from provisioner.config import load_settings
+from provisioner.engine.journal import FileJournal
+from provisioner.engine.locks import FileTargetLock
+from provisioner.engine.pipeline import build
+from provisioner.engine.runner import Reporter, Runner
+from provisioner.engine.step import Progress
+from provisioner.migration import pipelines  # noqa: F401 - registers the migrate pipelines
 from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.layer.datalayer import DataLayer
+from provisioner.storage.model import ENTITIES
 from provisioner.storage.pg import records as pg_records
 from tests.datalayer_support import FIXTURE_AEIMS, SHARED_AEIMS, closed_port_dsn, copy_root
 
@@ -301,3 +311,39 @@ def test_an_unarchive_undone_later_puts_the_archive_back_byte_for_byte(tmp_path:
     # Put back, as an undone leave does, at another moment than the archive was made.
     archive.archive(data_dir, data_dir / taken_apart["folder"], taken_apart["created_at"])
     assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before
+
+
+class RecordingProgress(Progress):
+    """The run's progress as a terminal would draw it: each bar, its total and its advances."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, list[int]] = {}
+        self.totals: dict[str, int | None] = {}
+
+    @contextmanager
+    def track(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        self.totals[description] = total
+        advances = self.bars.setdefault(description, [])
+        yield advances.append
+
+
+def test_the_backfill_inside_advance_draws_a_bar_per_entity(root: Path, fresh_pg_dsn: str) -> None:
+    settings = load_settings(environment(root.parent, fresh_pg_dsn, root))
+    reporter = Reporter()
+    reporter.progress = RecordingProgress()
+    runner = Runner(
+        settings,
+        FileJournal(settings.journal_dir),
+        lambda target: FileTargetLock(settings.lock_dir, target),
+        reporter=reporter,
+    )
+
+    result = runner.run(build("migrate-advance", {"from": "json_only", "to": "backfill"}, settings))
+
+    assert result.exit_code == 0
+    progress = reporter.progress
+    customers = len(AeimsJsonStore(root).load("customers"))
+    assert progress.totals["backfill customers"] == customers > 0
+    for bar, advances in progress.bars.items():
+        assert sum(advances) == progress.totals[bar], bar
+    assert set(progress.bars) == {f"backfill {entity}" for entity in ENTITIES}

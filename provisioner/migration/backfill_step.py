@@ -10,9 +10,11 @@ schema's rollback (`--force`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import ExitStack, closing
 from typing import Any
 
-from provisioner.engine.step import Change, RunContext, Undo
+from provisioner.engine.step import Change, Progress, RunContext, Undo
 from provisioner.migration import blocks, pg_side
 from provisioner.migration.stage_step import StageStep
 from provisioner.migration.stages import Stage
@@ -52,7 +54,8 @@ class BackfillStep(StageStep):
     def enter(self, ctx: RunContext) -> dict[str, Any]:
         conn = self.pg(ctx)
         rows = pg_side.rows_held(conn)
-        report = blocks.load_json(conn, self.data_dir)
+        with closing(EntityBars(ctx.progress)) as bars:
+            report = blocks.load_json(conn, self.data_dir, progress=bars)
         undo: dict[str, Any] = {"rows": rows, "report": _short(report)}
         if rows and (ctx.checkpoint().folder / CHECKPOINT).exists():
             undo["checkpoint"] = CHECKPOINT
@@ -77,6 +80,29 @@ class BackfillStep(StageStep):
 
     def leave(self, ctx: RunContext) -> dict[str, Any]:
         return {}
+
+
+class EntityBars:
+    """The backfill's `progress(entity, done, total)` as the run's progress: one bar per
+    entity (drawn on a terminal, nothing under --json or without one)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.bars = ExitStack()
+        self.entity: str | None = None
+        self.done = 0
+        self.advance: Callable[[int], None] = lambda n: None
+
+    def __call__(self, entity: str, done: int, total: int) -> None:
+        if entity != self.entity:
+            self.bars.close()
+            self.entity, self.done = entity, 0
+            self.advance = self.bars.enter_context(self.progress.track(f"backfill {entity}", total))
+        self.advance(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        self.bars.close()
 
 
 def _short(report: Any) -> Any:

@@ -8,6 +8,7 @@ is {file, at}.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,12 +45,16 @@ def parse_instant(value: Any) -> datetime | None:
 
 
 # --------------------------------------------------------------------------------- loading
-def load_json(conn: psycopg.Connection[Any], data_dir: Path) -> dict[str, Any]:
+def load_json(
+    conn: psycopg.Connection[Any],
+    data_dir: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Make PostgreSQL hold exactly JSON's records: the backfill, then any row whose key JSON
     no longer has removed (a copy left by an earlier advance that was rolled back)."""
     from provisioner.migration import backfill
 
-    report = backfill.backfill(conn, data_dir)
+    report = backfill.backfill(conn, data_dir, progress=progress)
     if not report.ok:
         shown = "; ".join(f"{entity}: {error}" for entity, error in report.errors.items())
         raise RuntimeError(f"the backfill failed for {shown}")
