@@ -27,6 +27,7 @@ from psycopg import sql
 
 from bench import big_file_bench
 from bench.aeims_data import generate
+from provisioner.storage.aeims.store import AeimsJsonStore
 from provisioner.storage.layer.datalayer import DataLayer
 from provisioner.storage.layer.phase import Phase
 from provisioner.storage.model import ENTITIES
@@ -111,9 +112,10 @@ def raw_message_inserts(dsn: str, writers: int, per_writer: int) -> float:
 
 
 def reset_messages(root: Path, dsn: str) -> None:
-    (root / "data" / "messages.json").write_text(
-        '{"messages":{},"last_updated":"2025-10-01 12:00:00"}'
-    )
+    """Empty messages on both sides between phases. Through the layer's own file writer: a
+    file rewritten behind its back within seconds of its writes reads as PHP reverting them,
+    and the next write would put thousands of them back (`write_reapplied`)."""
+    AeimsJsonStore(root).replace_all("messages", [])
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM messages")
 
