@@ -70,7 +70,10 @@ def test_a_second_validation_trusts_the_rows_it_proved(tmp_path: Path, fresh_pg_
     assert sum(e.rebuilt for e in second.entities.values()) == 0
 
 
-def test_exactly_the_mismatches_introduced_are_reported(tmp_path: Path, fresh_pg_dsn: str) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["json-read-here", "json-read-by-workers"])
+def test_exactly_the_mismatches_introduced_are_reported(
+    tmp_path: Path, fresh_pg_dsn: str, workers: int
+) -> None:
     root = _loaded(FIXTURE_AEIMS, tmp_path, fresh_pg_dsn)
     _sql(
         fresh_pg_dsn,
@@ -82,7 +85,7 @@ def test_exactly_the_mismatches_introduced_are_reported(tmp_path: Path, fresh_pg
         "DELETE FROM operators WHERE operator_id = 'op_jade_001'",
     )
 
-    report = validate(fresh_pg_dsn, root, recheck_waits=NO_WAIT)
+    report = validate(fresh_pg_dsn, root, recheck_waits=NO_WAIT, workers=workers)
 
     bob_domains = {
         m.field for m in report.mismatches if m.key == "cust_bob" and m.entity == "customers"
@@ -99,6 +102,13 @@ def test_exactly_the_mismatches_introduced_are_reported(tmp_path: Path, fresh_pg
     assert credit.pg_value == credit.json_value + 5
     assert not report.ok and report.integrity_text() != "100%"
     assert "✗ Data integrity:" in report.lines()[-1]
+    # The orphans the files hold on purpose are counted, on both sides alike.
+    assert {label: n for label, n in report.orphans.items() if n} == {
+        "customer_sites.domain -> sites": 1,
+        "operator_sites.domain -> sites": 4,
+        "chat_rooms.operator_id -> operators": 1,
+        "messages.conversation_id -> conversations": 1,
+    }
 
 
 def test_a_json_write_that_never_reached_postgresql_is_found(

@@ -3,7 +3,7 @@
 Public API (used by `provision migrate validate`, `status` and the gate of `advance`):
 
     validate(target, data_dir, *, entities=None, store_result=True,
-             recheck_waits=RECHECK_WAITS, batch_size=5000) -> ValidationReport
+             recheck_waits=RECHECK_WAITS, batch_size=5000, workers=None) -> ValidationReport
     last_validation(target) -> ValidationSummary | None      (validation_store.py)
 
 `target` is a DSN or an open psycopg connection with no transaction open. The report gives
@@ -17,7 +17,8 @@ the run started: every write acknowledged before it was on both sides when they 
 How it compares, per entity (one at a time, so memory follows the biggest JSON file, never
 the PostgreSQL table):
 1. the JSON records are read through the data layer's store and hashed with the layer's own
-   content hash (plaintext passwords left out);
+   content hash (plaintext passwords left out), by forked workers a few entities ahead of the
+   comparison (`validation_json.py`; `workers`: None, one per CPU, at most four; 0: here);
 2. in one REPEATABLE READ, READ ONLY transaction, the JSON hashes are COPYed into a
    temporary table and PostgreSQL names the keys whose row is missing, absent from JSON, has
    another content hash, or no longer has the digest it had when a validation (or the
@@ -67,8 +68,6 @@ from provisioner.migration.storage_bridge import (
     ENTITY_MAPS,
     AeimsJsonStore,
     JsonFileError,
-    RecordMappingError,
-    forget_entity_files,
     from_record,
     gc_paused,
     json_records,
@@ -89,9 +88,9 @@ from provisioner.migration.validation_hashes import (
     compare_hashes_in_sql,
     hashes_copy_text,
 )
+from provisioner.migration.validation_json import MAPPING_ERRORS, JsonSide, json_sides
 from provisioner.migration.validation_refs import (
     REFERENCES,
-    TARGETS,
     Reference,
     json_orphans,
     pg_orphans,
@@ -112,7 +111,6 @@ __all__ = [
 RECHECK_WAITS: tuple[float, ...] = (0.2, 0.5, 1.0)
 _FETCH_KEYS = 1000
 _TURN_SECONDS = 5.0
-_MAPPING_ERRORS = (RecordMappingError, ValueError, TypeError, RecursionError)
 PRESENT = "(present)"
 # The entities the plan's report always names.
 _ALWAYS_REPORTED = ("customers", "operators")
@@ -230,6 +228,7 @@ def validate(
     store_result: bool = True,
     recheck_waits: Iterable[float] = RECHECK_WAITS,
     batch_size: int = 5000,
+    workers: int | None = None,
 ) -> ValidationReport:
     """Compare every record of both sides (see the module docstring)."""
     wanted = list(ENTITIES) if entities is None else [e for e in ENTITIES if e in entities]
@@ -249,8 +248,8 @@ def validate(
         # The passes make millions of short-lived objects beside the parsed files' millions,
         # none in cycles: the cyclic collector would walk them all, over and over.
         with gc_paused():
-            for entity in wanted:
-                run.entity(entity)
+            for side in json_sides(store, wanted, workers):
+                run.entity(side)
         run.finish()
         report.finished_at = datetime.now(UTC)
         report.seconds = time.perf_counter() - started
@@ -284,37 +283,19 @@ class _Run:
 
     # -- one entity ---------------------------------------------------------------------
 
-    def entity(self, entity: str) -> None:
+    def entity(self, side: JsonSide) -> None:
+        entity = side.entity
         check = EntityCheck(entity)
         self.report.entities[entity] = check
-        try:
-            records = list(json_records(self.store, entity))
-        except (JsonFileError, OSError) as exc:
-            self.report.errors[entity] = str(exc)
+        if side.error is not None:
+            self.report.errors[entity] = side.error
             return
-        check.json_records = len(records)
-        json_hashes: dict[str, str | None] = {}
-        for record in records:
-            try:
-                json_hashes[record.key] = record_hash(record)
-            except _MAPPING_ERRORS:
-                json_hashes[record.key] = None
-        mapping = ENTITY_MAPS[entity]
-        expected: dict[str, set[tuple[Any, ...]]] = {}
-        if mapping.memberships is not None:
-            derive = mapping.memberships.derive
-            for record in records:
-                rows = derive(record.key, record.data)
-                if rows:
-                    expected[record.key] = set(rows)
-        if entity in TARGETS:
-            self.targets[entity] = target_values(entity, records)
+        check.json_records = side.records
+        json_hashes, expected = side.hashes, side.memberships
+        if side.targets is not None:
+            self.targets[entity] = side.targets
         references = [r for r in REFERENCES if r.child == entity and r.target in self.targets]
-        json_side = {
-            ref: json_orphans(ref, records, self.targets[ref.target], derived=expected)
-            for ref in references
-        }
-        del records
+        json_side = {ref: side.orphans(ref, self.targets[ref.target]) for ref in references}
         candidates, pg_side = self._scan(entity, json_hashes, expected, references, check)
         check.checked = check.pg_records + len(json_hashes)  # json_hashes: JSON-only keys now
         found = self._compare_keys(entity, sorted(candidates), check)
@@ -325,7 +306,6 @@ class _Run:
             differing = json_side[ref] ^ pg_side[ref]
             if differing:
                 self.pending_orphans[ref] = (differing, json_side[ref])
-        forget_entity_files(self.store, entity)
 
     def finish(self) -> None:
         """Read what still differs again after each wait (a write in flight settles), then
@@ -526,7 +506,7 @@ class _Run:
                     )
         try:
             holds_its_hash = record_hash(stored) == content_hash
-        except _MAPPING_ERRORS:
+        except MAPPING_ERRORS:
             holds_its_hash = False
         if not out and holds_its_hash:
             self.digests.append((entity, key, content_hash, digest))
@@ -567,6 +547,6 @@ def _absent_reason(record: Any) -> str:
     """Why a JSON record has no row: the mapping's refusal when it has one."""
     try:
         from_record(record)
-    except _MAPPING_ERRORS as exc:
+    except MAPPING_ERRORS as exc:
         return f"{ABSENT}: the record cannot be stored: {exc}"
     return ABSENT
