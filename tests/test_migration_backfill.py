@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psycopg
@@ -297,3 +298,25 @@ def test_rows_built_by_worker_processes_are_the_rows_built_here(
     assert forked[0] == here[0] and here[0]["customers"][1] == 1
     assert forked[1] == here[1] and here[1]["customers"]
     assert forked[2] == here[2] and "cust_broken" in here[2]
+
+
+def test_beside_other_threads_the_rows_are_built_in_this_process(
+    tmp_path: Path, fresh_pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provisioner.migration import backfill_rows
+
+    monkeypatch.setattr(backfill_rows, "PARALLEL_MIN_RECORDS", 1)
+    forks: list[str] = []
+    monkeypatch.setattr(backfill_rows.multiprocessing, "get_context", forks.append)
+    root = _copy(FIXTURE_AEIMS, tmp_path)
+    stop = threading.Event()
+    writer_beside = threading.Thread(target=stop.wait)  # a data layer's writer, say
+    writer_beside.start()
+    try:
+        report = backfill(fresh_pg_dsn, root, batch_size=2, workers=2)
+    finally:
+        stop.set()
+        writer_beside.join()
+
+    assert forks == []  # a fork would copy whatever lock that thread held, taken forever
+    assert report.ok and report.totals["inserted"] == report.totals["records"] > 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,9 +134,15 @@ def worker_count() -> int:
 
 
 def parallel_worth_it(records: int, batch_size: int, workers: int) -> bool:
-    """Whether to fork workers for an entity: at least two of them and two batches, and
-    enough records to repay the fork."""
-    return workers >= 2 and records >= PARALLEL_MIN_RECORDS and records > batch_size
+    """Whether to fork workers for an entity: at least two of them and two batches, enough
+    records to repay the fork, and this process running one thread (a fork copies locks as
+    they are: one another thread holds at that instant stays taken forever in the child)."""
+    return (
+        workers >= 2
+        and records >= PARALLEL_MIN_RECORDS
+        and records > batch_size
+        and threading.active_count() == 1
+    )
 
 
 # The records the forked workers build from (set in the parent just before the fork).
