@@ -14,11 +14,11 @@ fingerprints: `validation_compare.py`), counts per entity, orphan counts per ref
 result is stored in `migration_validations` (schema 0003) with `covered_until`, the instant
 the run started: every write acknowledged before it was on both sides when they were read.
 
-How it compares, per entity (one at a time, so memory follows the biggest JSON file, never
-the PostgreSQL table):
+How it compares, per entity (one at a time in each process, so memory follows the biggest
+JSON files, never the PostgreSQL table):
 1. the JSON records are read through the data layer's store and hashed with the layer's own
-   content hash (plaintext passwords left out), by forked workers a few entities ahead of the
-   comparison (`validation_json.py`; `workers`: None, one per CPU, at most four; 0: here);
+   content hash (plaintext passwords left out), by worker processes a few entities ahead of
+   the comparison (`validation_json.py`; `workers`: None, one per CPU, at most four; 0: here);
 2. in one REPEATABLE READ, READ ONLY transaction, the JSON hashes are COPYed into a
    temporary table and PostgreSQL names the keys whose row is missing, absent from JSON, has
    another content hash, or no longer has the digest it had when a validation (or the
