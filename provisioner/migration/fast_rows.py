@@ -83,41 +83,20 @@ def fast_row(entity: str, record: StoredRecord) -> tuple[list[Any], list[tuple[A
 
     data = dict(raw)
     copied: set[tuple[str, ...]] = set()
-    orig: dict[str, Any] = {}
-    absent: list[str] = []
-    key_field = mapping.key_field
     missing = internals.missing
-    if key_field:
-        value = data.pop(key_field, missing)
-        if value is missing:
-            absent.append(key_field)
-        elif type(value) is not str or value != key:
-            orig[key_field] = value
+
+    def pop_nested(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+        return _pop_nested(data, path, copied, missing)
+
+    lifted, orig, absent = internals.lift_columns(entity, key, data, pop_nested)
     jsonb = _JSONB_COLUMNS.get(entity)
     if jsonb is None:
         jsonb = _JSONB_COLUMNS[entity] = _wrap_types(entity)
     values: list[Any] = [key]
-    errors = internals.conversion_errors
-    for (path, field_name, dotted, convert), as_json in zip(
-        internals.lifted(entity), jsonb, strict=True
-    ):
-        if field_name is not None:
-            value = data.pop(field_name, missing)
-        else:
-            value = _pop_nested(data, path, copied, missing)
-        if value is missing:
-            absent.append(dotted)
-            values.append(None)
-            continue
-        try:
-            stored, exact = convert(value)
-        except errors:
-            orig[dotted] = value
-            values.append(None)
-            continue
-        if not exact:
-            orig[dotted] = value
-        values.append(_dumps(stored) if as_json and stored is not None else stored)
+    values.extend(
+        _dumps(value) if as_json and value is not None else value
+        for value, as_json in zip(lifted, jsonb, strict=True)
+    )
     if orig:
         data[internals.orig_key] = orig
     if absent:

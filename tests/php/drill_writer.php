@@ -21,15 +21,8 @@ while (!file_exists("$control/stop")) {
         usleep(20000);
         continue;
     }
-    $kind = ['message', 'customer', 'credits'][$i % 3];
-    if ($kind === 'message') {
-        $ack = writeMessage($root, $name, $i, $nothing);
-    } elseif ($kind === 'customer') {
-        $ack = writeCustomer($root, $name, $i, $nothing);
-    } else {
-        $ack = writeCredits($root, "cust_{$name}_" . ($i % 2), fn ($current) => $current + 1, $nothing);
-    }
-    acknowledge($ack);
+    $creditsId = "cust_{$name}_" . ($i % 2);
+    acknowledge(writeNth($root, $name, $i, $creditsId, fn ($current) => $current + 1, $nothing));
     $i++;
     usleep((int) $intervalUs);
 }

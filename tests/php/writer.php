@@ -19,14 +19,6 @@ $pause = function () use ($maxPause): void {
 };
 
 for ($i = 0; $i < $count; $i++) {
-    $kind = ['message', 'customer', 'credits'][$i % 3];
-    if ($kind === 'message') {
-        $ack = writeMessage($root, $name, $i, $pause);
-    } elseif ($kind === 'customer') {
-        $ack = writeCustomer($root, $name, $i, $pause);
-    } else {
-        $id = "cust_{$name}_" . ($i % $ownCustomers);
-        $ack = writeCredits($root, $id, fn ($current) => 1000 + $i, $pause);
-    }
-    acknowledge($ack);
+    $creditsId = "cust_{$name}_" . ($i % $ownCustomers);
+    acknowledge(writeNth($root, $name, $i, $creditsId, fn ($current) => 1000 + $i, $pause));
 }

@@ -65,6 +65,22 @@ function writeCredits(string $root, string $id, callable $credits, callable $bef
     return $ok ? ['kind' => 'credits', 'id' => $id, 'credits' => $new] : null;
 }
 
+// Write number `$i` of a writer: a message, a new customer, then credits of `$creditsId`, in turn.
+function writeNth(
+    string $root,
+    string $name,
+    int $i,
+    string $creditsId,
+    callable $credits,
+    callable $beforeWrite
+): ?array {
+    return match ($i % 3) {
+        0 => writeMessage($root, $name, $i, $beforeWrite),
+        1 => writeCustomer($root, $name, $i, $beforeWrite),
+        2 => writeCredits($root, $creditsId, $credits, $beforeWrite),
+    };
+}
+
 function acknowledge(?array $ack): void
 {
     if ($ack !== null) {

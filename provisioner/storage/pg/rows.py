@@ -111,13 +111,14 @@ def _content_hash(key: str, data: dict[str, Any], placement: dict[str, Any]) -> 
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _pop_path(data: dict[str, Any], path: tuple[str, ...]) -> tuple[bool, Any]:
+def _pop_path(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """Take the field at `path` out of `data` in place; _MISSING when there is none."""
     parent: Any = data
     for name in path[:-1]:
         parent = parent.get(name) if isinstance(parent, dict) else None
     if isinstance(parent, dict) and path[-1] in parent:
-        return True, parent.pop(path[-1])
-    return False, None
+        return parent.pop(path[-1])
+    return _MISSING
 
 
 def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
@@ -310,6 +311,46 @@ def _restore_key_orders(data: dict[str, Any], orders: Any) -> None:
         node.update(ordered)
 
 
+def lift_columns(
+    entity: str,
+    key: str,
+    data: dict[str, Any],
+    pop_nested: Callable[[dict[str, Any], tuple[str, ...]], Any] = _pop_path,
+) -> tuple[list[Any], dict[str, Any], list[str]]:
+    """Take the key field and the lifted fields out of `data`, which is left as what remains
+    for `extra`: (the lifted columns' values, the originals of values a column cannot hold
+    exactly, the fields absent). `pop_nested(data, path)` takes a nested field out, _MISSING
+    when there is none (by default in `data` itself; the backfill's fast path copies the
+    objects on the way instead, so the parsed record is never changed)."""
+    mapping = entity_map(entity)
+    orig: dict[str, Any] = {}
+    absent: list[str] = []
+    key_field = mapping.key_field
+    if key_field:
+        value = data.pop(key_field, _MISSING)
+        if value is _MISSING:
+            absent.append(key_field)
+        elif type(value) is not type(key) or value != key:  # strictly_equal for a str key
+            orig[key_field] = value
+    values: list[Any] = []
+    for path, field_name, dotted, convert in _lifted(entity):
+        value = data.pop(field_name, _MISSING) if field_name is not None else pop_nested(data, path)
+        if value is _MISSING:
+            absent.append(dotted)
+            values.append(None)
+            continue
+        try:
+            stored, exact = convert(value)
+        except _CONVERSION_ERRORS:
+            orig[dotted] = value
+            values.append(None)
+            continue
+        if not exact:
+            orig[dotted] = value
+        values.append(stored)
+    return values, orig, absent
+
+
 def from_record(record: StoredRecord) -> RowImage:
     """The row image of `record`: plaintext dropped, fields lifted into typed columns."""
     mapping = entity_map(record.entity)
@@ -334,35 +375,7 @@ def from_record(record: StoredRecord) -> RowImage:
     _key_orders(data, (), _lifted_leaves(record.entity), orders)
 
     # From here `data` is consumed into what remains for `extra`.
-    orig: dict[str, Any] = {}
-    absent: list[str] = []
-    key_field = mapping.key_field
-    if key_field:
-        value = data.pop(key_field, _MISSING)
-        if value is _MISSING:
-            absent.append(key_field)
-        elif type(value) is not type(key) or value != key:  # strictly_equal for a str key
-            orig[key_field] = value
-    values: list[Any] = []
-    for path, field_name, dotted, convert in _lifted(record.entity):
-        if field_name is not None:
-            value = data.pop(field_name, _MISSING)
-            found = value is not _MISSING
-        else:
-            found, value = _pop_path(data, path)
-        if not found:
-            absent.append(dotted)
-            values.append(None)
-            continue
-        try:
-            stored, exact = convert(value)
-        except _CONVERSION_ERRORS:
-            orig[dotted] = value
-            values.append(None)
-            continue
-        if not exact:
-            orig[dotted] = value
-        values.append(stored)
+    values, orig, absent = lift_columns(record.entity, key, data)
     if orig:
         data[ORIG_KEY] = orig
     if absent:
